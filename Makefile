@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine with Python 3.11 and gcc:
+#   make search   -> .venv + package + extension, then a real search on the embedded dataset
+#   make test     -> same set-up, then the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU wheel of torch keeps CI light; override e.g. TORCH_SPEC="torch==2.11.0" elsewhere.
+TORCH_SPEC  ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.6.0
+STAMP  := $(VENV)/.fastdarts-installed
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
+
+.PHONY: search test bench checkstyle cuda-compile clean
+
+$(STAMP): $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
+	$(PY) -m pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	touch $(STAMP)
+
+search: $(STAMP)
+	$(VENV)/bin/fastdarts search
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(VENV)/bin/fastdarts bench all
+
+checkstyle: $(STAMP)
+	$(VENV)/bin/ruff check fastdarts kernels tests benchmarks
+
+# Compile (not link) the CUDA sources with nvcc against the installed torch headers.
+cuda-compile: $(STAMP)
+	$(PY) -m pytest -q tests/test_cuda_compile.py
+
+clean:
+	rm -rf build *.egg-info fastdarts/_C*.so

@@ -1,0 +1,3 @@
+from fastdarts.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Command line: ``fastdarts search|train|bench`` (also ``python -m fastdarts``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from fastdarts.config import SearchConfig, TrainConfig, default_search_config_path, load_config
+
+
+def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """Separate an optional YAML path from ``key=value`` overrides."""
+    path, overrides = None, []
+    for item in items:
+        if "=" in item:
+            overrides.append(item)
+        elif item.endswith((".yaml", ".yml")) and path is None:
+            path = item
+        else:
+            raise SystemExit(f"fastdarts: expected a .yaml config or key=value, got {item!r}")
+    return path, overrides
+
+
+def _cmd_search(args) -> int:
+    from fastdarts.search import search
+
+    path, overrides = _split_args(args.items)
+    if args.resume:
+        saved = os.path.join(args.resume, "config.yaml")
+        if not os.path.isfile(saved):
+            raise SystemExit(f"fastdarts: cannot resume, {saved} not found")
+        cfg = load_config(SearchConfig, saved, overrides + [f"run_dir={args.resume}"])
+    else:
+        cfg = load_config(SearchConfig, path or default_search_config_path(), overrides)
+    result = search(cfg, resume=bool(args.resume))
+    print(f"genotype: {result.genotype.to_dict()}")
+    print(f"run directory: {result.run_dir}")
+    print(f"held-out accuracy of the supernet: {result.test_acc:.2f}%")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from fastdarts.train import train
+
+    path, overrides = _split_args(args.items)
+    if args.resume:
+        saved = os.path.join(args.resume, "config.yaml")
+        if not os.path.isfile(saved):
+            raise SystemExit(f"fastdarts: cannot resume, {saved} not found")
+        cfg = load_config(TrainConfig, saved, overrides + [f"run_dir={args.resume}"])
+    else:
+        cfg = load_config(TrainConfig, path, overrides + [f"genotype={args.genotype}"])
+    result = train(cfg, resume=bool(args.resume))
+    print(f"run directory: {result.run_dir}")
+    print(f"held-out accuracy: {result.test_acc:.2f}% ({result.params / 1e6:.2f}M parameters)")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from fastdarts.bench import run_bench
+
+    for path in run_bench(args.what, args.out, quick=args.quick):
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastdarts", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("search", help="run an architecture search (default: DARTS on the embedded digits data)")
+    p.add_argument("items", nargs="*", help="optional config.yaml, then key=value overrides (e.g. method=pcdarts)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    p.set_defaults(func=_cmd_search)
+    p = sub.add_parser("train", help="train the network of a genotype JSON from scratch")
+    p.add_argument("genotype", nargs="?", help="genotype JSON written by fastdarts search")
+    p.add_argument("items", nargs="*", help="optional config.yaml, then key=value overrides")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("bench", help="benchmark kernels and search steps; writes JSON, markdown and PNG")
+    p.add_argument("what", nargs="?", default="all", choices=["kernels", "search", "all"])
+    p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder")
+    p.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train" and args.genotype and "=" in args.genotype:  # only overrides were given
+        args.items.insert(0, args.genotype)
+        args.genotype = None
+    if args.command == "train" and not args.genotype and not args.resume:
+        raise SystemExit("fastdarts train: give a genotype JSON (or --resume RUN_DIR)")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
+        print(f"fastdarts: error: {err}", file=sys.stderr)
+        return 2

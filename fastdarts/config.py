@@ -1,0 +1,188 @@
+"""Configuration: dataclasses, YAML files and dotted command-line overrides.
+
+``load_config(SearchConfig, "cfg.yaml", ["method=pcdarts", "data.batch_size=256"])`` starts
+from the dataclass defaults, applies the YAML file, then the overrides. Values are
+converted to the field's type; unknown keys are errors that list the valid ones.
+``data=<name or path>`` is shorthand for ``data.name=...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import yaml
+
+from fastdarts.data import DataConfig
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser settings; ``None`` means the method's paper default (see each method's ``DEFAULTS``)."""
+
+    w_lr: float | None = None
+    w_lr_min: float | None = None
+    w_momentum: float | None = None
+    w_weight_decay: float | None = None
+    w_nesterov: bool | None = None
+    w_grad_clip: float | None = None
+    alpha_lr: float | None = None
+    alpha_betas: list | None = None
+    alpha_weight_decay: float | None = None
+    arch_warmup: int | None = None  # epochs with the architecture frozen
+    lr_schedule_offset: int | None = None  # 1: quark0's epoch-start scheduler.step(); 0: cos(π·e/T)
+
+
+@dataclass
+class SearchConfig:
+    """Everything ``fastdarts search`` needs. ``epochs=None`` and ``data.batch_size=None`` take the method's default."""
+
+    method: str = "darts"
+    space: str = "darts"
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int | None = None
+    seed: int = 2
+    run_dir: str | None = None
+    C: int = 16
+    layers: int | None = None
+    backend: str = "auto"
+    recompute: bool = False
+    device: str = "auto"
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    method_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Retraining a derived genotype (quark0/darts ``train.py`` defaults)."""
+
+    genotype: str = ""
+    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=96))
+    epochs: int = 600
+    C: int = 36
+    layers: int | None = None
+    lr: float = 0.025
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    auxiliary: bool = True
+    auxiliary_weight: float = 0.4
+    drop_path_prob: float = 0.2
+    seed: int = 0
+    run_dir: str | None = None
+    device: str = "auto"
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type of ``key``."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~"))):
+        return None
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    origin = typing.get_origin(base) or base
+    try:
+        if origin is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return low in ("true", "1", "yes")
+            return bool(value)
+        if origin is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if origin is float:
+            return float(value)
+        if origin is str:
+            return str(value)
+        if origin in (list, dict):
+            parsed = yaml.safe_load(value) if isinstance(value, str) else value
+            if not isinstance(parsed, origin):
+                raise ValueError(value)
+            return parsed
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key!r}: cannot use {value!r} as {getattr(base, '__name__', base)}") from None
+    return value
+
+
+def _apply(obj, updates: dict[str, Any], prefix: str = "") -> None:
+    hints = _field_types(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ValueError(f"unknown config key {full!r}; valid keys here: {names}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if isinstance(value, dict):
+                _apply(current, value, f"{full}.")
+                continue
+            if key == "data":  # data=<name or path>
+                setattr(current, "name", str(value))
+                continue
+            raise ValueError(f"config key {full!r} is a section; set its fields as {full}.<field>=...")
+        if key == "method_options" and isinstance(value, dict):
+            current.update(value)
+            continue
+        setattr(obj, key, _convert(value, hints[key], full))
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` → ``{"a": {"b": "1"}, "c": "x"}`` (values stay strings; types come later)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ValueError(f"override {item!r} has an empty key")
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r} conflicts with an earlier override of {p!r}")
+        # method_options has no declared types: parse its values as YAML scalars.
+        node[parts[-1]] = yaml.safe_load(value) if parts[0] == "method_options" else value
+    return tree
+
+
+def load_config(cls, path: str | None = None, overrides: Sequence[str] = ()):
+    """Build a ``cls`` config from defaults, an optional YAML file and ``key=value`` overrides."""
+    cfg = cls()
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file {path} not found")
+        with open(path) as f:
+            content = yaml.safe_load(f) or {}
+        if not isinstance(content, dict):
+            raise ValueError(f"config file {path} must hold a mapping, got {type(content).__name__}")
+        _apply(cfg, content)
+    _apply(cfg, parse_overrides(overrides))
+    return cfg
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    """Plain nested dict of a config (for YAML files and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, d: dict[str, Any]):
+    cfg = cls()
+    _apply(cfg, d)
+    return cfg
+
+
+def default_search_config_path() -> str:
+    """The packaged config that ``fastdarts search`` uses with no arguments (embedded digits data)."""
+    return os.path.join(os.path.dirname(__file__), "configs", "default.yaml")

@@ -1,0 +1,150 @@
+"""The method interface and the first-order DARTS iteration that most methods build on.
+
+A method decides how architecture tensors are parameterised and mixed (its supernet
+options), which optimisers it uses with which paper defaults, and what one search
+iteration does. The search loop (:mod:`fastdarts.search`) only calls
+:meth:`SearchMethod.begin_epoch` and :meth:`SearchMethod.step`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastdarts.gates import Mixing
+
+# Hyper-parameters every method resolves (config value if given, else the method's default).
+HYPER_KEYS = (
+    "epochs", "w_lr", "w_lr_min", "w_momentum", "w_weight_decay", "w_nesterov", "w_grad_clip",
+    "alpha_lr", "alpha_betas", "alpha_weight_decay", "arch_warmup", "lr_schedule_offset",
+)
+
+
+class SearchMethod:
+    """First-order DARTS (quark0/darts ``train_search.py`` without ``--unrolled``).
+
+    Per iteration: an architecture step on a validation batch (Adam on α), then a weight
+    step on a training batch (SGD with momentum, gradient clipping), with the weight LR
+    annealed by cosine per epoch.
+    """
+
+    name = "darts"
+    spaces = ("darts", "s1", "s2", "s3", "s4", "nb201")
+    DEFAULTS: dict[str, Any] = dict(
+        epochs=50,
+        w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_weight_decay=3e-4, w_nesterov=False, w_grad_clip=5.0,
+        alpha_lr=3e-4, alpha_betas=(0.5, 0.999), alpha_weight_decay=1e-3,
+        arch_warmup=0,
+        # quark0 calls scheduler.step() at the start of each epoch (PyTorch < 1.1 semantics),
+        # so epoch e runs with the cosine value at e + 1 (epoch 0 of DARTS: 0.024976).
+        lr_schedule_offset=1,
+    )
+    # NAS-Bench-201 reference settings (D-X-Y configs/nas-benchmark/algos/DARTS-V1.config).
+    NB201_DEFAULTS: dict[str, Any] = dict(w_weight_decay=5e-4, w_nesterov=True, lr_schedule_offset=0)
+    single_level = False  # True: weights and architecture both train on the full training set
+    # "random": a fresh random validation batch each step (quark0's next(iter(valid_queue)));
+    # "iterate": one pass over the validation split in step with the training batches.
+    valid_sampling = "random"
+
+    def __init__(self, model: nn.Module, hyper: dict[str, Any]):
+        self.model = model
+        self.hp = dict(hyper)
+        self.weights = [p for p in model.parameters() if p.requires_grad]
+        self.arch = model.arch_parameters()
+        self.w_optim = torch.optim.SGD(self.weights, lr=self.hp["w_lr"], momentum=self.hp["w_momentum"],
+                                       weight_decay=self.hp["w_weight_decay"], nesterov=self.hp["w_nesterov"])
+        self.a_optim = self.make_arch_optimizer()
+        self.epoch = 0
+        self.lr = self.hp["w_lr"]
+
+    # ---------------------------------------------------------------- construction helpers
+    @classmethod
+    def mixing(cls, options: dict[str, Any]) -> Mixing:
+        """How this method's supernet mixes candidates (softmax of α for DARTS)."""
+        return Mixing()
+
+    @classmethod
+    def supernet_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments this method passes to the space's supernet constructor."""
+        return {"mixing": cls.mixing(options)}
+
+    @classmethod
+    def resolve_hyper(cls, overrides: dict[str, Any], space: str = "darts") -> dict[str, Any]:
+        """Paper defaults for ``space`` updated with the non-None ``overrides``."""
+        hp = dict(cls.DEFAULTS)
+        if space == "nb201":
+            hp.update(cls.NB201_DEFAULTS)
+        hp.update({k: v for k, v in overrides.items() if v is not None})
+        hp["alpha_betas"] = tuple(hp["alpha_betas"])
+        return hp
+
+    def make_arch_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.arch, lr=self.hp["alpha_lr"], betas=self.hp["alpha_betas"],
+                                weight_decay=self.hp["alpha_weight_decay"])
+
+    # ---------------------------------------------------------------- schedule
+    def lr_at(self, epoch: int) -> float:
+        """Cosine-annealed weight LR of ``epoch``."""
+        T = self.hp["epochs"]
+        e = min(epoch + self.hp["lr_schedule_offset"], T)
+        lo, hi = self.hp["w_lr_min"], self.hp["w_lr"]
+        return lo + (hi - lo) * (1 + math.cos(math.pi * e / T)) / 2
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.lr = self.lr_at(epoch)
+        for group in self.w_optim.param_groups:
+            group["lr"] = self.lr
+
+    def arch_frozen(self, epoch: int) -> bool:
+        return epoch < self.hp["arch_warmup"]
+
+    # ---------------------------------------------------------------- one iteration
+    def step(self, train_batch, valid_batch, step: int) -> dict[str, torch.Tensor]:
+        """One search iteration: architecture step (unless frozen), then weight step."""
+        metrics = {}
+        if not self.arch_frozen(self.epoch):
+            metrics.update(self.arch_step(train_batch, valid_batch))
+        metrics.update(self.weight_step(*train_batch))
+        return metrics
+
+    def criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target)
+
+    def arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss whose gradient w.r.t. α drives the architecture step (methods add regularisers)."""
+        return self.criterion(self.model(x), y)
+
+    def set_arch_grads(self, grads) -> None:
+        for p, g in zip(self.arch, grads):
+            p.grad = torch.zeros_like(p) if g is None else g
+
+    def arch_step(self, train_batch, valid_batch) -> dict[str, torch.Tensor]:
+        x, y = valid_batch
+        loss = self.arch_loss(x, y)
+        # Only α needs gradients: autograd.grad skips every weight-gradient computation.
+        self.set_arch_grads(torch.autograd.grad(loss, self.arch, allow_unused=True))
+        self.a_optim.step()
+        return {"arch_loss": loss.detach()}
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.w_optim.zero_grad(set_to_none=True)
+        logits = self.model(x)
+        loss = self.criterion(logits, y)
+        loss.backward(inputs=self.weights)
+        nn.utils.clip_grad_norm_(self.weights, self.hp["w_grad_clip"])
+        self.w_optim.step()
+        return {"loss": loss.detach(), "correct": (logits.argmax(1) == y).sum(), "count": torch.tensor(y.numel())}
+
+    # ---------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {"w_optim": self.w_optim.state_dict(), "a_optim": self.a_optim.state_dict(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.w_optim.load_state_dict(state["w_optim"])
+        self.a_optim.load_state_dict(state["a_optim"])
+        self.begin_epoch(state["epoch"])

@@ -1,0 +1,77 @@
+"""Search spaces (DARTS CNN cell, NAS-Bench-201 cell, RobustDARTS S1–S4) and their builders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+
+from fastdarts.genotype import Genotype, NB201Genotype
+
+SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4")
+
+
+def build_supernet(space: str = "darts", method: str = "darts", C: int = 16, num_classes: int = 10,
+                   layers: int | None = None, **options: Any) -> nn.Module:
+    """Build the search supernet of ``space`` for ``method``.
+
+    Args:
+        space: ``"darts"``, ``"nb201"`` or RobustDARTS ``"s1"``–``"s4"``.
+        method: a name from :data:`fastdarts.methods.METHODS`.
+        C: initial channels. num_classes: classifier outputs.
+        layers: cells (DARTS spaces, default 8) or cells per stage (NAS-Bench-201, default 5).
+        **options: ``backend``, ``recompute``, ``in_channels``, ``steps``, ``multiplier``,
+            ``stem_multiplier``, ``primitives`` and method options (e.g. ``k`` for PC-DARTS).
+
+    Returns:
+        A module with ``forward(x) -> logits``, ``arch_parameters()`` (original order) and ``genotype()``.
+    """
+    from fastdarts.methods import get_method
+
+    method_cls = get_method(method)
+    if space not in SPACES:
+        raise ValueError(f"unknown space {space!r}; choose one of {SPACES}")
+    if space not in method_cls.spaces:
+        raise ValueError(f"method {method!r} does not run on space {space!r} (it supports {method_cls.spaces})")
+    options = dict(options)
+    kwargs = method_cls.supernet_options(options)
+    for key in ("k",):  # method options consumed above
+        options.pop(key, None)
+    kwargs.update(options)
+    try:
+        if space == "nb201":
+            from fastdarts.spaces.nb201 import NB201Supernet
+
+            return NB201Supernet(C, num_classes, 5 if layers is None else layers, **kwargs)
+        from fastdarts.spaces.darts import DartsSupernet
+
+        if space != "darts":
+            from fastdarts.spaces.robust import robust_primitives
+
+            if "primitives" in kwargs:
+                raise ValueError(f"space {space!r} fixes its primitives; do not pass primitives=")
+            kwargs["primitives"] = robust_primitives(space)
+        return DartsSupernet(C, num_classes, 8 if layers is None else layers, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad option for build_supernet(space={space!r}, method={method!r}): {err}") from err
+
+
+def build_network(genotype, C: int = 36, num_classes: int = 10, layers: int | None = None, *,
+                  auxiliary: bool = False, drop_path_prob: float = 0.0, in_channels: int = 3) -> nn.Module:
+    """Build the discrete network of a genotype.
+
+    DARTS genotypes give quark0's ``NetworkCIFAR`` (``layers`` cells, default 20, drop path,
+    optional auxiliary head; ``forward`` returns ``(logits, aux_logits)``). NAS-Bench-201
+    genotypes give the NAS-Bench-201 network (``layers`` cells per stage, default 5;
+    ``forward`` returns ``(logits, None)``).
+    """
+    if isinstance(genotype, NB201Genotype):
+        from fastdarts.spaces.nb201 import NB201Network
+
+        return NB201Network(genotype, C, num_classes, 5 if layers is None else layers, in_channels=in_channels)
+    if not isinstance(genotype, Genotype):
+        raise TypeError(f"expected a Genotype or NB201Genotype, got {type(genotype).__name__}")
+    from fastdarts.spaces.darts import NetworkCIFAR
+
+    return NetworkCIFAR(C, num_classes, 20 if layers is None else layers, auxiliary, genotype,
+                        in_channels=in_channels, drop_path_prob=drop_path_prob)

@@ -1,0 +1,290 @@
+"""The DARTS CNN search space: search cell, supernet and the discrete evaluation network.
+
+The supernet reproduces quark0/darts ``cnn/model_search.py`` ``Network`` (and, with
+partial channels, PC-DARTS' ``model_search.py``) module for module, so an original
+state_dict loads with ``strict=True`` and equal weights and α give equal logits.
+The evaluation network reproduces quark0/darts ``cnn/model.py`` ``NetworkCIFAR``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fastdarts.functional import mixed_sum, resolve_backend
+from fastdarts.gates import Mixing
+from fastdarts.genotype import Genotype, derive_darts_cell
+from fastdarts.mixed import MixedOp, PartialMixedOp, recompute_forward
+from fastdarts.ops import DARTS_PRIMITIVES, OPS, FactorizedReduce, Identity, ReLUConvBN
+from fastdarts.spaces.common import ArchMixin
+
+NUM_EDGES = 14  # 2 + 3 + 4 + 5 incoming edges of the 4 intermediate nodes
+
+
+def num_edges(steps: int) -> int:
+    return sum(i + 2 for i in range(steps))
+
+
+class SearchCell(nn.Module):
+    """A DARTS search cell: preprocess both inputs, then each node sums its mixed incoming edges."""
+
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev,
+                 edge_primitives: Sequence[Sequence[str]], partial_k: int | None, backend: str):
+        super().__init__()
+        self.reduction = reduction
+        self.backend = backend
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self._steps = steps
+        self._multiplier = multiplier
+        self._ops = nn.ModuleList()
+        edge = 0
+        for i in range(steps):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                prims = edge_primitives[edge]
+                if partial_k:
+                    op = PartialMixedOp(C, stride, k=partial_k, primitives=prims, backend=backend)
+                else:
+                    op = MixedOp(C, stride, primitives=prims, backend=backend)
+                self._ops.append(op)
+                edge += 1
+
+    def forward(self, s0, s1, weights, edge_weights=None):
+        s0 = self.preprocess0(s0)
+        s1 = self.preprocess1(s1)
+        states = [s0, s1]
+        offset = 0
+        fused = edge_weights is not None and resolve_backend(self.backend, s0.device.type) != "eager"
+        for _ in range(self._steps):
+            outs = [self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states)]
+            if edge_weights is None:
+                s = sum(outs)
+            elif fused:  # PC-DARTS node: Σ_i β_i·y_i is itself a weighted sum
+                s = mixed_sum(outs, edge_weights[offset: offset + len(states)], backend=self.backend)
+            else:
+                s = sum(edge_weights[offset + j] * y for j, y in enumerate(outs))
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self._multiplier:], dim=1)
+
+
+class DartsSupernet(ArchMixin):
+    """DARTS / PC-DARTS search network (stem, ``layers`` cells with reductions at 1/3 and 2/3, GAP, linear).
+
+    Args:
+        C, num_classes, layers: width, classes and number of cells (quark0 defaults 16, 10, 8).
+        primitives: op names for every edge (default: the 8 DARTS primitives), or a dict
+            ``{"normal": [...14 lists...], "reduce": [...]}`` with per-edge lists (RobustDARTS).
+        partial_k: PC-DARTS channel proportion (None: full channels, as DARTS).
+        mixing: how α (and β) become edge weights (:mod:`fastdarts.gates`).
+        backend, recompute: mixed-op backend; ``recompute`` recomputes each whole cell
+            (preprocessing included) in backward, keeping only the cell inputs.
+    """
+
+    def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, *, primitives=None,
+                 partial_k: int | None = None, mixing: Mixing | None = None, steps: int = 4, multiplier: int = 4,
+                 stem_multiplier: int = 3, in_channels: int = 3, backend: str = "auto", recompute: bool = False):
+        super().__init__()
+        self._init_arch()
+        self._C, self._num_classes, self._layers = C, num_classes, layers
+        self._steps, self._multiplier = steps, multiplier
+        self.recompute = recompute
+        self.mixing = mixing or Mixing()
+        E = num_edges(steps)
+        self.edge_primitives = _per_edge_primitives(primitives, E)
+
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            kind = "reduce" if reduction else "normal"
+            cell = SearchCell(steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                              self.edge_primitives[kind], partial_k, backend)
+            reduction_prev = reduction
+            self.cells.append(cell)
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+        K = {len(p) for kind in ("normal", "reduce") for p in self.edge_primitives[kind]}
+        if len(K) != 1:
+            raise ValueError(f"every edge must have the same number of candidates, got {sorted(K)}")
+        num_ops = K.pop()
+        self.register_arch("alphas_normal", self.mixing.init_alpha(E, num_ops))
+        self.register_arch("alphas_reduce", self.mixing.init_alpha(E, num_ops))
+        if self.mixing.uses_betas:
+            self.register_arch("betas_normal", self.mixing.init_beta(E, steps))
+            self.register_arch("betas_reduce", self.mixing.init_beta(E, steps))
+
+    def _arch(self, kind: str):
+        beta = getattr(self, f"betas_{kind}") if self.mixing.uses_betas else None
+        return getattr(self, f"alphas_{kind}"), beta
+
+    def cell_weights(self):
+        """This forward's weights of both cell types (samplers draw here, once per forward)."""
+        return {kind: self.mixing.cell_weights(*self._arch(kind), self._steps) for kind in ("normal", "reduce")}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected images [N, C, H, W], got shape {tuple(x.shape)}")
+        weights = self.cell_weights()
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            cw = weights["reduce" if cell.reduction else "normal"]
+            if self.recompute:
+                out = recompute_forward(cell, cell, s0, s1, cw.weights, cw.edge_weights)
+            else:
+                out = cell(s0, s1, cw.weights, cw.edge_weights)
+            s0, s1 = s1, out
+        out = self.global_pooling(s1)
+        return self.classifier(out.view(out.size(0), -1))
+
+    def genotype(self) -> Genotype:
+        """Derive the genotype with the DARTS rule from the mixing's scores (softmax(α), α·β, ...)."""
+        with torch.no_grad():
+            genes = {kind: derive_darts_cell(self.mixing.genotype_weights(*self._arch(kind), self._steps),
+                                             self.edge_primitives[kind], self._steps)
+                     for kind in ("normal", "reduce")}
+        concat = list(range(2 + self._steps - self._multiplier, self._steps + 2))
+        return Genotype(normal=genes["normal"], normal_concat=concat, reduce=genes["reduce"], reduce_concat=concat)
+
+
+def _per_edge_primitives(primitives, E: int) -> dict[str, list[tuple[str, ...]]]:
+    if primitives is None:
+        primitives = DARTS_PRIMITIVES
+    if isinstance(primitives, dict):
+        out = {}
+        for kind in ("normal", "reduce"):
+            edges = primitives[kind]
+            if len(edges) != E:
+                raise ValueError(f"{kind} primitives: expected {E} per-edge lists, got {len(edges)}")
+            out[kind] = [tuple(p) for p in edges]
+        return out
+    return {kind: [tuple(primitives)] * E for kind in ("normal", "reduce")}
+
+
+# ----------------------------------------------------------------------------------------------
+# Discrete evaluation network (quark0/darts cnn/model.py)
+
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples with probability ``drop_prob`` and rescale the rest (not in place)."""
+    if drop_prob <= 0.0:
+        return x
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x / keep * mask
+
+
+class EvalCell(nn.Module):
+    def __init__(self, genotype: Genotype, C_prev_prev, C_prev, C, reduction, reduction_prev):
+        super().__init__()
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
+        gene, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal,
+                                                                                   genotype.normal_concat)
+        op_names, indices = zip(*gene)
+        self._steps = len(op_names) // 2
+        self._concat = list(concat)
+        self.multiplier = len(concat)
+        self._ops = nn.ModuleList()
+        for name, index in zip(op_names, indices):
+            if name not in OPS:
+                raise ValueError(f"genotype uses unknown op {name!r}")
+            self._ops.append(OPS[name](C, 2 if reduction and index < 2 else 1, True))
+        self._indices = list(indices)
+
+    def forward(self, s0, s1, drop_prob: float):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for i in range(self._steps):
+            hs = []
+            for k in (2 * i, 2 * i + 1):
+                op = self._ops[k]
+                h = op(states[self._indices[k]])
+                if self.training and drop_prob > 0.0 and not isinstance(op, Identity):
+                    h = drop_path(h, drop_prob)
+                hs.append(h)
+            states.append(hs[0] + hs[1])
+        return torch.cat([states[i] for i in self._concat], dim=1)
+
+
+class AuxiliaryHead(nn.Module):
+    """quark0's CIFAR auxiliary head (for 8×8 inputs); smaller maps are pooled adaptively to 2×2."""
+
+    def __init__(self, C: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        if x.shape[-1] < 5:
+            x = F.adaptive_avg_pool2d(F.relu(x), 2)
+            x = self.features[2:](x)
+        else:
+            x = self.features(x)
+        return self.classifier(x.view(x.size(0), -1))
+
+
+class NetworkCIFAR(nn.Module):
+    """The discrete DARTS network (``forward`` returns ``(logits, aux_logits or None)``)."""
+
+    def __init__(self, C: int, num_classes: int, layers: int, auxiliary: bool, genotype: Genotype,
+                 in_channels: int = 3, drop_path_prob: float = 0.0):
+        super().__init__()
+        self._layers = layers
+        self._auxiliary = auxiliary
+        self.drop_path_prob = drop_path_prob
+        C_curr = 3 * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        C_aux = None
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell = EvalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            reduction_prev = reduction
+            self.cells.append(cell)
+            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+            if i == 2 * layers // 3:
+                C_aux = C_prev
+        if auxiliary:
+            self.auxiliary_head = AuxiliaryHead(C_aux, num_classes)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x):
+        logits_aux = None
+        s0 = s1 = self.stem(x)
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == 2 * self._layers // 3 and self._auxiliary and self.training:
+                logits_aux = self.auxiliary_head(s1)
+        out = self.global_pooling(s1)
+        return self.classifier(out.view(out.size(0), -1)), logits_aux
