@@ -50,27 +50,25 @@ constexpr int kMaxPtrs = 8;
 // Accumulation dtype of the mixed-sum kernels: float64 for float64 inputs, else float32.
 inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-// Returns `ts` such that every tensor is non-overlapping and dense with one common storage
-// order, so kernels may walk all of them linearly in storage order. If all inputs already
-// share strides and are dense (contiguous or channels_last alike) they are returned as is
-// (no copy); otherwise each is made contiguous in ts[0]'s memory format (channels_last or
-// contiguous).
-// Outputs allocated with at::empty_like(result[0]) then follow the same storage order.
+// Memory format the kernels walk: channels_last when t is channels_last-contiguous (and not
+// also plain contiguous), else contiguous. Mirrored by _kernel_memory_format in
+// fastdarts/_ext.py, whose fake kernels must produce the same output strides.
+inline at::MemoryFormat kernel_memory_format(const at::Tensor& t) {
+  return (t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast))
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+// Returns `ts`, each contiguous in ts[0]'s kernel_memory_format, so kernels may walk all of
+// them linearly in one storage order. Tensors already laid out that way (the usual case:
+// all contiguous, or all channels_last) are returned as is, without a copy; only mismatched
+// or non-dense inputs are copied. Outputs allocated with at::empty_like(result[0]) follow
+// the same storage order (xs[0]'s memory format).
 inline std::vector<at::Tensor> same_storage_order(at::TensorList ts) {
   TORCH_INTERNAL_ASSERT(!ts.empty());
-  bool same = ts[0].is_non_overlapping_and_dense();
-  for (const auto& t : ts) same = same && t.strides() == ts[0].strides();
+  const auto fmt = kernel_memory_format(ts[0]);
   std::vector<at::Tensor> out;
   out.reserve(ts.size());
-  if (same) {
-    for (const auto& t : ts) out.push_back(t);
-    return out;
-  }
-  // channels_last if ts[0] is (and is not also plain contiguous), else contiguous; mirrored
-  // by _fallback_memory_format in fastdarts/_ext.py, whose fake kernels must agree.
-  const auto fmt = (ts[0].dim() == 4 && !ts[0].is_contiguous() && ts[0].is_contiguous(at::MemoryFormat::ChannelsLast))
-                       ? at::MemoryFormat::ChannelsLast
-                       : at::MemoryFormat::Contiguous;
   for (const auto& t : ts) out.push_back(t.contiguous(fmt));
   return out;
 }

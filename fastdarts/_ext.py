@@ -62,27 +62,8 @@ def cpp_op_names() -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def _non_overlapping_and_dense(t: torch.Tensor) -> bool:
-    """Python twin of c10's TensorImpl::is_non_overlapping_and_dense (same algorithm)."""
-    sizes, strides = t.shape, t.stride()
-    if t.dim() == 0:
-        return True
-    if t.dim() == 1:
-        return sizes[0] < 2 or strides[0] == 1
-    # dims of size < 2 go last; the others sorted by increasing stride must be contiguous
-    perm = sorted(range(t.dim()), key=lambda d: (sizes[d] < 2, strides[d] if sizes[d] >= 2 else 0))
-    require = 1
-    for d in perm:
-        if sizes[d] < 2:
-            return True
-        if strides[d] != require:
-            return False
-        require *= sizes[d]
-    return True
-
-
-def _fallback_memory_format(t: torch.Tensor) -> torch.memory_format:
-    """Layout the kernels copy mismatched inputs into (see same_storage_order in fastdarts.h)."""
+def _kernel_memory_format(t: torch.Tensor) -> torch.memory_format:
+    """Layout the kernels walk (mirrors kernel_memory_format in csrc/fastdarts.h)."""
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
@@ -90,10 +71,7 @@ def _fallback_memory_format(t: torch.Tensor) -> torch.memory_format:
 
 def _storage_order_like(ts):
     """Tensor whose layout the kernels give their outputs (mirrors same_storage_order in fastdarts.h)."""
-    t0 = ts[0]
-    if _non_overlapping_and_dense(t0) and all(t.stride() == t0.stride() for t in ts):
-        return t0
-    return t0.contiguous(memory_format=_fallback_memory_format(t0))
+    return ts[0].contiguous(memory_format=_kernel_memory_format(ts[0]))
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:

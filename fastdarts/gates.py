@@ -20,10 +20,15 @@ class CellWeights:
     """Weights used by the cells of one type for one forward.
 
     ``weights``: ``[E, K]`` float32 op weights. ``edge_weights``: ``[E]`` or None (PC-DARTS β).
+    ``active``: per edge, the candidate indices to compute (sampled gates), or None for all.
+    ``edge_bias``: ``[E]`` scalars added to each edge output, or None (GDAS adds the zero-valued
+    sum of the unselected straight-through gates so that every logit receives a gradient).
     """
 
     weights: torch.Tensor
     edge_weights: torch.Tensor | None = None
+    active: list[tuple[int, ...]] | None = None
+    edge_bias: torch.Tensor | None = None
 
 
 def normalize_per_node(beta: torch.Tensor, steps: int, fn) -> torch.Tensor:

@@ -110,9 +110,14 @@ def derive_nb201(scores: torch.Tensor, primitives: Sequence[str], max_nodes: int
 
 def genotype_from_dict(d: dict):
     """Rebuild a genotype from its JSON dict, validating the fields."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a genotype must be a JSON object, got {type(d).__name__}: {d!r}")
     space = d.get("space", "darts")
     if space == "nb201":
-        return NB201Genotype([[(op, j) for op, j in node] for node in d["nodes"]])
+        try:
+            return NB201Genotype([[(op, j) for op, j in node] for node in d["nodes"]])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a NAS-Bench-201 genotype dict ({err!r}): {d}") from err
     try:
         return Genotype(
             normal=[(str(op), int(j)) for op, j in d["normal"]],

@@ -82,14 +82,17 @@ class _MixedBase(nn.Module):
                              f"{list(self.primitives)}; weights must have shape [{len(self._ops)}], "
                              f"got {tuple(weights.shape)}")
 
-    def _eager_sum(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _eager_sum(self, x: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
         # Literally quark0/darts' MixedOp.forward: the reference every backend is tested against.
-        return sum(w * op(x) for w, op in zip(weights, self._ops))
+        if active is None:
+            return sum(w * op(x) for w, op in zip(weights, self._ops))
+        return sum(weights[k] * self._ops[k](x) for k in active)
 
-    def _fused_sum(self, x: torch.Tensor, weights: torch.Tensor, backend: str) -> torch.Tensor:
+    def _fused_sum(self, x: torch.Tensor, weights: torch.Tensor, backend: str, active=None) -> torch.Tensor:
         outs, keep = [], []
         shared_relu = None
-        for k, op in enumerate(self._ops):
+        for k in range(len(self._ops)) if active is None else active:
+            op = self._ops[k]
             if isinstance(op, Zero):
                 continue
             tail = relu_tail(op)
@@ -101,16 +104,21 @@ class _MixedBase(nn.Module):
                 outs.append(op(x))
             keep.append(k)
         if not outs:  # only `none` candidates
-            return self._eager_sum(x, weights)
+            return self._eager_sum(x, weights, active)
         if len(keep) != len(self._ops):
             weights = weights[keep]
         return mixed_sum(_common_dtype(outs), weights, backend=backend)
 
-    def _mixed(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _check_active(self, active) -> None:
+        if active is not None and (not active or not all(0 <= k < len(self._ops) for k in active)):
+            raise ValueError(f"active candidates must be a non-empty list of indices in [0, {len(self._ops)}), "
+                             f"got {active}")
+
+    def _mixed(self, x: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
         backend = resolve_backend(self.backend, x.device.type)
         if backend == "eager":
-            return self._eager_sum(x, weights)
-        return self._fused_sum(x, weights, backend)
+            return self._eager_sum(x, weights, active)
+        return self._fused_sum(x, weights, backend, active)
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, backend={self.backend!r}, recompute={self.recompute}"
@@ -133,11 +141,13 @@ class MixedOp(_MixedBase):
     def __init__(self, C: int, stride: int, primitives=None, *, backend: str = "auto", recompute: bool = False):
         super().__init__(C, stride, primitives, backend, recompute)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
+        """``Σ_k weights[k]·op_k(x)``; with ``active`` (candidate indices) only those are computed."""
         self._check_weights(weights)
+        self._check_active(active)
         if self.recompute:
-            return recompute_forward(self, self._mixed, x, weights)
-        return self._mixed(x, weights)
+            return recompute_forward(self, self._mixed, x, weights, active)
+        return self._mixed(x, weights, active)
 
 
 class PartialMixedOp(_MixedBase):
@@ -157,26 +167,27 @@ class PartialMixedOp(_MixedBase):
         self.C = C
         self.mp = nn.MaxPool2d(2, 2)
 
-    def _partial(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _partial(self, x: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.C:
             raise ValueError(f"PartialMixedOp expects [N, {self.C}, H, W] input, got {tuple(x.shape)}")
         backend = resolve_backend(self.backend, x.device.type)
         xa = x[:, : self.C // self.k]
         if backend == "eager":
             # PC-DARTS' MixedOp.forward, step for step.
-            ya = self._eager_sum(xa, weights)
+            ya = self._eager_sum(xa, weights, active)
             xb = x[:, self.C // self.k:]
             y = torch.cat([ya, xb if ya.shape[2] == x.shape[2] else self.mp(xb)], dim=1)
             n, c, h, w = y.shape
             return y.view(n, self.k, c // self.k, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
-        ya = self._fused_sum(xa, weights, backend)
+        ya = self._fused_sum(xa, weights, backend, active)
         return partial_channel_combine(x, ya.to(x.dtype), self.k, self.stride, backend=backend)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
         self._check_weights(weights)
+        self._check_active(active)
         if self.recompute:
-            return recompute_forward(self, self._partial, x, weights)
-        return self._partial(x, weights)
+            return recompute_forward(self, self._partial, x, weights, active)
+        return self._partial(x, weights, active)
 
     def extra_repr(self) -> str:
         return f"k={self.k}, " + super().extra_repr()

@@ -291,7 +291,7 @@ PC_CASES = [  # (shape of x, k, stride); odd H / W for stride 2
     ((2, 8, 7, 9), 2, 2),
     ((3, 16, 11, 13), 4, 2),
     ((2, 12, 8, 6), 4, 2),
-    ((1, 4, 1, 3), 2, 2),  # H = 1: empty output plane, the whole bypass gradient is 0
+    ((1, 4, 3, 3), 2, 2),  # 1x1 output plane
 ]
 
 PC_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -350,6 +350,17 @@ def test_pc_shuffle_cat_nan_propagates(device, dtype):
     _assert_exact("pc_shuffle_cat", out, ref, equal_nan=True)
     grad = torch.ones_like(out)
     _assert_exact("grad_x", torch.autograd.grad(out, x, grad)[0], torch.autograd.grad(ref, xr, grad)[0])
+
+
+def test_pc_shuffle_cat_empty_pooled_plane(device):
+    """H = 1 with stride 2 pools to an empty plane (PyTorch's max_pool2d refuses it): no output
+    values, and the whole gradient of x is zero."""
+    x, _ = _pc_inputs((1, 4, 1, 3), 2, 1, torch.float32, device)
+    ya = torch.randn(1, 2, 0, 1, device=device, requires_grad=True)
+    out = ops.pc_shuffle_cat(x, ya, 2, 2)
+    assert out.shape == (1, 4, 0, 1)
+    gx, gya = ops.pc_shuffle_cat_backward(torch.randn(1, 4, 0, 1, device=device), x.detach(), 2, 2)
+    assert gx.shape == x.shape and not gx.any() and gya.shape == (1, 2, 0, 1)
 
 
 def test_pc_shuffle_cat_backward_op(device):

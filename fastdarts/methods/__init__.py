@@ -1,21 +1,28 @@
-"""Search methods, selectable by name (``method=...``)."""
+"""Search methods, selectable by name (``method=...``); modules are imported on first use."""
 
 from __future__ import annotations
 
-from fastdarts.methods.base import SearchMethod
-from fastdarts.methods.darts import Darts, DartsSecondOrder
-from fastdarts.methods.pcdarts import PCDarts
+import importlib
 
-METHODS: dict[str, type[SearchMethod]] = {
-    "darts": Darts,
-    "darts2": DartsSecondOrder,
-    "pcdarts": PCDarts,
+from fastdarts.methods.base import SearchMethod
+
+# name -> "module:Class" under fastdarts.methods
+METHODS: dict[str, str] = {
+    "darts": "darts:Darts",
+    "darts2": "darts:DartsSecondOrder",
+    "pcdarts": "pcdarts:PCDarts",
+    "prdarts": "prdarts:PRDarts",
+    "lambda_darts": "lambda_darts:LambdaDarts",
+    "dropnas": "dropnas:DropNAS",
+    "gaea": "gaea:GaeaDarts",
+    "gaea_pcdarts": "gaea:GaeaPCDarts",
+    "gdas": "gdas:GDAS",
 }
 
 
 def get_method(name: str) -> type[SearchMethod]:
     """The method class registered under ``name``; unknown names raise a ValueError listing the choices."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}") from None
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    module, cls = METHODS[name].split(":")
+    return getattr(importlib.import_module(f"fastdarts.methods.{module}"), cls)

@@ -56,14 +56,17 @@ class SearchCell(nn.Module):
                 self._ops.append(op)
                 edge += 1
 
-    def forward(self, s0, s1, weights, edge_weights=None):
+    def forward(self, s0, s1, weights, edge_weights=None, active=None, edge_bias=None):
         s0 = self.preprocess0(s0)
         s1 = self.preprocess1(s1)
         states = [s0, s1]
         offset = 0
         fused = edge_weights is not None and resolve_backend(self.backend, s0.device.type) != "eager"
         for _ in range(self._steps):
-            outs = [self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states)]
+            outs = [self._ops[offset + j](h, weights[offset + j], None if active is None else active[offset + j])
+                    for j, h in enumerate(states)]
+            if edge_bias is not None:
+                outs = [y + edge_bias[offset + j] for j, y in enumerate(outs)]
             if edge_weights is None:
                 s = sum(outs)
             elif fused:  # PC-DARTS node: Σ_i β_i·y_i is itself a weighted sum
@@ -136,17 +139,20 @@ class DartsSupernet(ArchMixin):
         """This forward's weights of both cell types (samplers draw here, once per forward)."""
         return {kind: self.mixing.cell_weights(*self._arch(kind), self._steps) for kind in ("normal", "reduce")}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cell_weights=None) -> torch.Tensor:
+        """Logits of ``x``. ``cell_weights``: optional precomputed weights, either a dict by cell type
+        (as :meth:`cell_weights` returns) or a list with one :class:`CellWeights` per cell (Λ-DARTS
+        gives every cell its own copy)."""
         if x.dim() != 4:
             raise ValueError(f"expected images [N, C, H, W], got shape {tuple(x.shape)}")
-        weights = self.cell_weights()
+        weights = self.cell_weights() if cell_weights is None else cell_weights
+        if isinstance(weights, (list, tuple)) and len(weights) != len(self.cells):
+            raise ValueError(f"got {len(weights)} per-cell weights for {len(self.cells)} cells")
         s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            cw = weights["reduce" if cell.reduction else "normal"]
-            if self.recompute:
-                out = recompute_forward(cell, cell, s0, s1, cw.weights, cw.edge_weights)
-            else:
-                out = cell(s0, s1, cw.weights, cw.edge_weights)
+        for i, cell in enumerate(self.cells):
+            cw = weights[i] if isinstance(weights, (list, tuple)) else weights["reduce" if cell.reduction else "normal"]
+            args = (s0, s1, cw.weights, cw.edge_weights, cw.active, cw.edge_bias)
+            out = recompute_forward(cell, cell, *args) if self.recompute else cell(*args)
             s0, s1 = s1, out
         out = self.global_pooling(s1)
         return self.classifier(out.view(out.size(0), -1))

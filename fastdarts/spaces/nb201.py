@@ -95,7 +95,7 @@ class NB201SearchCell(nn.Module):
             for key in keys
         )
 
-    def forward(self, inputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, weights: torch.Tensor, active=None, edge_bias=None) -> torch.Tensor:
         if weights.dim() != 2 or weights.shape[0] != self.num_edges:
             raise ValueError(f"NB201SearchCell expects weights of shape [{self.num_edges}, K], "
                              f"got {tuple(weights.shape)}")
@@ -104,7 +104,9 @@ class NB201SearchCell(nn.Module):
             outs = []
             for j in range(i):
                 key = f"{i}<-{j}"
-                outs.append(self.edges[key](nodes[j], weights[self.edge2index[key]]))
+                e = self.edge2index[key]
+                out = self.edges[key](nodes[j], weights[e], None if active is None else active[e])
+                outs.append(out if edge_bias is None else out + edge_bias[e])
             nodes.append(sum(outs))
         return nodes[-1]
 
@@ -198,17 +200,23 @@ class NB201Supernet(ArchMixin):
         """This forward's weights (samplers draw here, once per forward; shared by all cells)."""
         return {"normal": self.mixing.cell_weights(self.alphas, None, self._steps)}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cell_weights=None) -> torch.Tensor:
+        """Logits of ``x``. ``cell_weights``: optional precomputed weights, a dict ``{"normal": CellWeights}``
+        or a list with one :class:`CellWeights` per search cell (Λ-DARTS)."""
         if x.dim() != 4:
             raise ValueError(f"expected images [N, C, H, W], got shape {tuple(x.shape)}")
-        weights = self.cell_weights()["normal"].weights
+        weights = self.cell_weights() if cell_weights is None else cell_weights
+        search_cells = [c for c in self.cells if isinstance(c, NB201SearchCell)]
+        if isinstance(weights, (list, tuple)) and len(weights) != len(search_cells):
+            raise ValueError(f"got {len(weights)} per-cell weights for {len(search_cells)} search cells")
         h = self.stem(x)
+        idx = 0
         for cell in self.cells:
             if isinstance(cell, NB201SearchCell):
-                if self.recompute:
-                    h = recompute_forward(cell, cell, h, weights)
-                else:
-                    h = cell(h, weights)
+                cw = weights[idx] if isinstance(weights, (list, tuple)) else weights["normal"]
+                idx += 1
+                args = (h, cw.weights, cw.active, cw.edge_bias)
+                h = recompute_forward(cell, cell, *args) if self.recompute else cell(*args)
             else:
                 h = cell(h)
         out = self.global_pooling(self.lastact(h))
