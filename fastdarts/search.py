@@ -159,12 +159,14 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    overrides = {k: v for k, v in to_dict(cfg.optim).items()}
-    overrides["epochs"] = cfg.epochs
-    hyper = method_cls.resolve_hyper(overrides, cfg.space)
+    # method_options: keys the method knows as hyper-parameters (its DEFAULTS) tune the method,
+    # the others (e.g. PC-DARTS' k) configure its supernet.
+    hyper_options = {k: v for k, v in cfg.method_options.items() if k in method_cls.DEFAULTS}
+    net_options = {k: v for k, v in cfg.method_options.items() if k not in method_cls.DEFAULTS}
+    hyper = method_cls.resolve_hyper({**to_dict(cfg.optim), "epochs": cfg.epochs, **hyper_options}, cfg.space)
     data = build_search_data(cfg.data, cfg.seed, single_level=method_cls.single_level)
     model = build_supernet(cfg.space, cfg.method, cfg.C, data.num_classes, cfg.layers, backend=cfg.backend,
-                           recompute=cfg.recompute, in_channels=data.in_channels, **cfg.method_options).to(device)
+                           recompute=cfg.recompute, in_channels=data.in_channels, **net_options).to(device)
     method = method_cls(model, hyper)
     epochs = hyper["epochs"]
     logger.info("run dir %s | method %s | space %s | data %s (%d/%d/%d images) | device %s | %d epochs",
