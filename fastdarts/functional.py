@@ -181,3 +181,31 @@ def partial_channel_combine(x: torch.Tensor, ya: torch.Tensor, k: int, stride: i
     if name == "eager":
         return partial_channel_combine_ref(x, ya, k, stride)
     return torch.ops.fastdarts.pc_shuffle_cat(x, ya, k, stride)
+
+
+def gated_mixed_sum(xs, gates: torch.Tensor, active, *, backend: str = "auto") -> torch.Tensor:
+    """Gated sum over the active candidates only: ``Σ_i gates[active[i]] · xs[i]``.
+
+    Sampled-gate methods (PR-DARTS, DropNAS, GDAS) run only the candidates in ``active``;
+    ``xs`` are their outputs, in ``active`` order, and ``gates`` is the full ``[K]`` gate row
+    (straight-through values, renormalised weights, ...). The active entries are gathered with
+    one indexing op and summed with :func:`mixed_sum`, so gradients reach ``gates`` (hence the
+    gate logits) at the active positions; inactive candidates get neither compute nor gradient.
+
+    Args:
+        xs: outputs of the active candidates (a ``[len(active), ...]`` tensor or a sequence).
+        gates: 1-D float tensor with one entry per candidate of the edge.
+        active: candidate indices, one per entry of ``xs``, each in ``[0, K)``.
+        backend: as for :func:`mixed_sum`.
+    """
+    xs = _as_list(xs)
+    active = [int(k) for k in active]
+    if not isinstance(gates, torch.Tensor) or gates.dim() != 1:
+        raise ValueError(f"gates must be a 1-D tensor with one entry per candidate, got "
+                         f"{getattr(gates, 'shape', type(gates).__name__)}")
+    if len(active) != len(xs):
+        raise ValueError(f"got {len(xs)} candidate outputs for {len(active)} active indices {active}")
+    if not active or not all(0 <= k < gates.numel() for k in active):
+        raise ValueError(f"active must be non-empty indices in [0, {gates.numel()}), got {active}")
+    index = torch.tensor(active, device=gates.device, dtype=torch.long)
+    return mixed_sum(xs, gates.index_select(0, index), backend=backend)

@@ -26,6 +26,15 @@ K = len(PRIMS)
 IDX = {p: i for i, p in enumerate(PRIMS)}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared, loaded CPU OpenMP's spinning threads are many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _edges(node):
     """Global edge indices of node ``node`` (0..3) in a 4-step cell."""
     start = sum(i + 2 for i in range(node))

@@ -102,7 +102,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at:
     return {grad_xs, grad_w};
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "fastdarts::mixed_sum_backward_cpu", [&] {
+  const auto dtype = grad.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastdarts::mixed_sum_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const std::vector<acc_t> w = weights_to_host<acc_t>(weights);
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
@@ -133,7 +134,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at:
               lanes[j] += static_cast<acc_t>(gc[i + j]) * static_cast<acc_t>(x[i + j]);
             }
           }
-          for (int64_t j = 0; i + j < len; ++j) lanes[j] += static_cast<acc_t>(gc[i + j]) * static_cast<acc_t>(x[i + j]);
+          for (int64_t j = 0; i + j < len; ++j) {
+            lanes[j] += static_cast<acc_t>(gc[i + j]) * static_cast<acc_t>(x[i + j]);
+          }
           acc_t s = 0;
           for (int64_t j = 0; j < kLanes; ++j) s += lanes[j];
           partial[c * K + k] = s;

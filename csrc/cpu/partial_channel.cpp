@@ -97,7 +97,8 @@ std::tuple<at::Tensor, at::Tensor> pc_shuffle_cat_backward_cpu(const at::Tensor&
   at::Tensor grad_x = at::empty({s.N, s.C, s.H, s.W}, x.options());
   at::Tensor grad_ya = at::empty({s.N, s.Cg, s.Ho, s.Wo}, x.options());
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastdarts::pc_shuffle_cat_backward_cpu", [&] {
+  const auto dtype = x.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastdarts::pc_shuffle_cat_backward_cpu", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* gxp = grad_x.mutable_data_ptr<scalar_t>();

@@ -202,7 +202,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cuda(const at
   const int blocks = num_blocks_for(n);
   at::Tensor partial = at::empty({blocks, K}, grad.options().dtype(acc_type));
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "fastdarts::mixed_sum_backward_cuda", [&] {
+  const auto dtype = grad.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastdarts::mixed_sum_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* wp = w.const_data_ptr<acc_t>();
     acc_t* pp = partial.mutable_data_ptr<acc_t>();

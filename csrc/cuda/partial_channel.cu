@@ -164,7 +164,8 @@ std::tuple<at::Tensor, at::Tensor> pc_shuffle_cat_backward_cuda(const at::Tensor
   at::Tensor grad_ya = at::empty({s.N, s.Cg, s.Ho, s.Wo}, x.options());
   const PcDims d{s.C, s.H, s.W, s.Cg, s.Ho, s.Wo, k};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastdarts::pc_shuffle_cat_backward_cuda", [&] {
+  const auto dtype = x.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastdarts::pc_shuffle_cat_backward_cuda", [&] {
     const int64_t nx = grad_x.numel(), nya = grad_ya.numel();
     if (nx > 0) {
       pc_shuffle_cat_bwd_x_kernel<scalar_t><<<num_blocks_for(nx), kThreads, 0, stream>>>(

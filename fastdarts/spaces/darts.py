@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from fastdarts.functional import mixed_sum, resolve_backend
 from fastdarts.gates import Mixing
-from fastdarts.genotype import Genotype, derive_darts_cell
+from fastdarts.genotype import Genotype, derive_darts_cell, derive_topk_pairs_cell
 from fastdarts.mixed import MixedOp, PartialMixedOp, recompute_forward
 from fastdarts.ops import DARTS_PRIMITIVES, OPS, FactorizedReduce, Identity, ReLUConvBN
 from fastdarts.spaces.common import ArchMixin
@@ -137,7 +137,7 @@ class DartsSupernet(ArchMixin):
 
     def cell_weights(self):
         """This forward's weights of both cell types (samplers draw here, once per forward)."""
-        return {kind: self.mixing.cell_weights(*self._arch(kind), self._steps) for kind in ("normal", "reduce")}
+        return self.mixing.all_cell_weights({kind: self._arch(kind) for kind in ("normal", "reduce")}, self._steps)
 
     def forward(self, x: torch.Tensor, cell_weights=None) -> torch.Tensor:
         """Logits of ``x``. ``cell_weights``: optional precomputed weights, either a dict by cell type
@@ -158,9 +158,12 @@ class DartsSupernet(ArchMixin):
         return self.classifier(out.view(out.size(0), -1))
 
     def genotype(self) -> Genotype:
-        """Derive the genotype with the DARTS rule from the mixing's scores (softmax(α), α·β, ...)."""
+        """Derive the genotype from the mixing's scores (softmax(α), α·β, ...) with the mixing's
+        ``genotype_rule``: "darts" (default) or "topk_pairs" (GDAS / PR-DARTS)."""
+        rule = getattr(self.mixing, "genotype_rule", "darts")
+        derive = {"darts": derive_darts_cell, "topk_pairs": derive_topk_pairs_cell}[rule]
         with torch.no_grad():
-            genes = {kind: derive_darts_cell(self.mixing.genotype_weights(*self._arch(kind), self._steps),
+            genes = {kind: derive(self.mixing.genotype_weights(*self._arch(kind), self._steps),
                                              self.edge_primitives[kind], self._steps)
                      for kind in ("normal", "reduce")}
         concat = list(range(2 + self._steps - self._multiplier, self._steps + 2))

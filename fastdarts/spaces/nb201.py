@@ -198,7 +198,7 @@ class NB201Supernet(ArchMixin):
 
     def cell_weights(self):
         """This forward's weights (samplers draw here, once per forward; shared by all cells)."""
-        return {"normal": self.mixing.cell_weights(self.alphas, None, self._steps)}
+        return self.mixing.all_cell_weights({"normal": (self.alphas, None)}, self._steps)
 
     def forward(self, x: torch.Tensor, cell_weights=None) -> torch.Tensor:
         """Logits of ``x``. ``cell_weights``: optional precomputed weights, a dict ``{"normal": CellWeights}``

@@ -1,0 +1,400 @@
+"""``fastdarts bench``: kernel and search-step benchmarks written as JSON, markdown and PNG.
+
+Kernel records measure each backend of the fused mixed sum (forward + backward) and of
+the PC-DARTS partial-channel gather against the eager loop, with the achieved bandwidth
+computed from the bytes that must move (see :func:`mixed_sum_bytes`) and its fraction of
+the device's copy bandwidth measured in the same run.
+
+Search records measure one full search iteration per method, space and backend: step
+time, peak memory (CUDA) or the net bytes the forward leaves allocated (CPU, measured
+with ``torch.profiler`` as the sum of ``self_cpu_memory_usage``), the ratio to the eager
+backend, and the largest batch that fits a memory budget (CUDA: found by search; CPU:
+estimated from the bytes per sample).
+
+Results go to ``<out>/<device>-<YYYYMMDD>.json`` (+ ``.md``, ``.png``); the README's
+performance table is regenerated from every JSON file in ``benchmarks/results``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+from typing import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import fastdarts
+from fastdarts.functional import mixed_sum, partial_channel_combine, resolve_backend
+from fastdarts.methods import get_method
+from fastdarts.spaces import build_supernet
+
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+CPU_BUDGET_BYTES = 16 * 2**30  # budget for the CPU "largest batch" estimate
+GPU_BUDGET_BYTES = 80 * 10**9  # "largest batch at 80 GB" (capped by the device's own memory)
+
+
+# ------------------------------------------------------------------------------------- timing
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu-{platform.machine()}-{os.cpu_count()}cores"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 2, reps: int = 5) -> float:
+    """Median wall time of ``fn`` in milliseconds (CUDA: ``triton.testing.do_bench``, which flushes L2)."""
+    if device.type == "cuda":
+        try:
+            from triton.testing import do_bench
+
+            return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+        except ImportError:
+            pass
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbps(device: torch.device, numel: int) -> float:
+    """Measured device copy bandwidth (bytes read + written per second, in GB/s)."""
+    x = torch.randn(numel, device=device)
+    y = torch.empty_like(x)
+    ms = time_ms(lambda: y.copy_(x), device, warmup=3, reps=10)
+    return 2 * x.numel() * x.element_size() / (ms * 1e-3) / 1e9
+
+
+# ------------------------------------------------------------------------------------- kernels
+def mixed_sum_bytes(K: int, numel: int, element_size: int) -> int:
+    """Bytes a fused forward + backward must move: forward reads K and writes 1 tensor;
+    backward reads the gradient and the K inputs and writes K input gradients → (3K + 2)·n·s."""
+    return (3 * K + 2) * numel * element_size
+
+
+def _mixed_sum_step(xs, w, g, backend: str | None):
+    def run():
+        if backend is None:  # the eager loop users write: sum(w_k * x_k)
+            y = sum(wk * xk for wk, xk in zip(w, xs))
+        else:
+            y = mixed_sum(xs, w, backend=backend)
+        return torch.autograd.grad(y, xs + [w], g)
+
+    return run
+
+
+def _available_backends(device: torch.device) -> list[str]:
+    names = ["triton", "cuda"] if device.type == "cuda" else ["cpp"]
+    out = []
+    for name in names:
+        try:
+            resolve_backend(name, device.type)
+            out.append(name)
+        except ValueError:
+            pass
+    return out
+
+
+def bench_kernels(device: torch.device, quick: bool = False) -> tuple[list[dict], float]:
+    """Mixed-sum and partial-channel records, plus the copy bandwidth they are compared with."""
+    big = device.type == "cuda"
+    sizes = [2**16] if quick else ([2**20, 2**24] if big else [2**18, 2**21])
+    Ks = [2, 8] if quick else [2, 4, 8]
+    dtypes = [torch.float32] if not big else [torch.float32, torch.bfloat16]
+    copy_bw = copy_bandwidth_gbps(device, max(sizes) * 4)
+    backends = _available_backends(device)
+    records = []
+    for dtype in dtypes:
+        for K in Ks:
+            for n in sizes:
+                xs = [torch.randn(n, device=device, dtype=dtype, requires_grad=True) for _ in range(K)]
+                w = torch.softmax(torch.randn(K, device=device), 0).requires_grad_()
+                g = torch.randn(n, device=device, dtype=dtype)
+                nbytes = mixed_sum_bytes(K, n, xs[0].element_size())
+                eager_ms = time_ms(_mixed_sum_step(xs, w, g, None), device)
+                for backend in ["eager"] + backends:
+                    ms = eager_ms if backend == "eager" else time_ms(_mixed_sum_step(xs, w, g, backend), device)
+                    gbps = nbytes / (ms * 1e-3) / 1e9
+                    records.append(dict(name="mixed_sum", mode="fwd+bwd", backend=backend, dtype=str(dtype)[6:],
+                                        K=K, numel=n, ms=ms, gbps=gbps, pct_of_copy_bw=100 * gbps / copy_bw,
+                                        speedup_vs_eager=eager_ms / ms))
+    records += _bench_partial_channel(device, copy_bw, quick)
+    return records, copy_bw
+
+
+def _bench_partial_channel(device, copy_bw, quick):
+    records = []
+    k, C = 4, 64
+    shape = (8, C, 16, 16) if quick else (64, C, 32, 32)
+    backends = [b for b in _available_backends(device) if b != "triton"]
+    for stride in (1, 2):
+        x = torch.randn(*shape, device=device, requires_grad=True)
+        Ho = shape[2] // stride
+        ya = torch.randn(shape[0], C // k, Ho, Ho, device=device, requires_grad=True)
+        g = torch.randn(shape[0], C, Ho, Ho, device=device)
+
+        def step(backend):
+            return lambda: torch.autograd.grad(partial_channel_combine(x, ya, k, stride, backend=backend), (x, ya), g)
+
+        # forward reads ya + bypass and writes y; backward reads g and writes grad_ya + grad_x
+        nbytes = (ya.numel() + 2 * g.numel() + g.numel() + ya.numel() + x.numel()) * 4
+        eager_ms = time_ms(step("eager"), device)
+        for backend in ["eager"] + backends:
+            ms = eager_ms if backend == "eager" else time_ms(step(backend), device)
+            gbps = nbytes / (ms * 1e-3) / 1e9
+            records.append(dict(name=f"pc_shuffle_cat_s{stride}", mode="fwd+bwd", backend=backend, dtype="float32",
+                                K=k, numel=x.numel(), ms=ms, gbps=gbps, pct_of_copy_bw=100 * gbps / copy_bw,
+                                speedup_vs_eager=eager_ms / ms))
+    return records
+
+
+# ------------------------------------------------------------------------------------- search
+def forward_net_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Net bytes the forward leaves allocated on CPU (saved activations + output): the sum of
+    ``self_cpu_memory_usage`` over the profiler's events."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = model(x)
+    del out
+    return int(sum(e.self_cpu_memory_usage for e in prof.events()))
+
+
+def _search_setup(method: str, space: str, C: int, layers: int, batch: int, size: int, device, backend, recompute):
+    torch.manual_seed(0)
+    model = build_supernet(space, method, C, 10, layers, backend=backend, recompute=recompute).to(device)
+    cls = get_method(method)
+    runner = cls(model, cls.resolve_hyper({"epochs": 10}, space))
+    runner.begin_epoch(max(runner.hp.get("arch_warmup", 0), 1))  # past any warm-up: both steps run
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    return model, runner, (x, y)
+
+
+def _peak_step_bytes(runner, batch_xy, device) -> int:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    runner.step(batch_xy, batch_xy, 0)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _largest_batch_cuda(method, space, C, layers, size, device, backend, recompute) -> int:
+    budget = min(GPU_BUDGET_BYTES, torch.cuda.get_device_properties(device).total_memory)
+    lo, hi = 0, 64
+    while hi <= 8192:
+        try:
+            _, runner, xy = _search_setup(method, space, C, layers, hi, size, device, backend, recompute)
+            if _peak_step_bytes(runner, xy, device) > budget:
+                break
+            lo, hi = hi, hi * 2
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            torch.cuda.empty_cache()
+    while hi - lo > max(lo // 16, 1):  # refine to ~6 %
+        mid = (lo + hi) // 2
+        try:
+            _, runner, xy = _search_setup(method, space, C, layers, mid, size, device, backend, recompute)
+            ok = _peak_step_bytes(runner, xy, device) <= budget
+        except torch.cuda.OutOfMemoryError:
+            ok = False
+        torch.cuda.empty_cache()
+        lo, hi = (mid, hi) if ok else (lo, mid)
+    return lo
+
+
+def bench_search(device: torch.device, quick: bool = False, methods=None) -> list[dict]:
+    """Search-step records: the reference DARTS config per backend, then every method at a small size."""
+    records = []
+    full = dict(C=16, layers=8, batch=64, size=32) if not quick else dict(C=4, layers=5, batch=8, size=16)
+    small = dict(C=8, layers=5, batch=32, size=16) if not quick else dict(C=4, layers=5, batch=8, size=16)
+    variants = [("eager", "eager", False), ("auto", "auto", False), ("auto+recompute", "auto", True)]
+    plan = [("darts", "darts", full, variants), ("pcdarts", "darts", full, variants[:2])]
+    for method in methods or ["darts", "darts2", "pcdarts", "prdarts", "lambda_darts", "dropnas", "gaea", "gdas"]:
+        plan.append((method, "darts", small, [("auto", "auto", False)]))
+    plan.append(("darts", "nb201", dict(small, layers=2), [("auto", "auto", False)]))
+    eager_ref: dict[tuple, int] = {}
+    for method, space, size, vars_ in plan:
+        for label, backend, recompute in vars_:
+            try:
+                model, runner, xy = _search_setup(method, space, size["C"], size["layers"], size["batch"],
+                                                  size["size"], device, backend, recompute)
+            except (ValueError, ImportError) as err:  # method not available in this build
+                records.append(dict(name=f"search_step/{method}/{space}", method=method, space=space,
+                                    backend=label, skipped=str(err)))
+                continue
+            step_ms = time_ms(lambda: runner.step(xy, xy, 0), device, warmup=1, reps=3 if device.type == "cpu" else 5)
+            saved = forward_net_bytes(model, xy[0]) if device.type == "cpu" else None
+            peak = _peak_step_bytes(runner, xy, device) if device.type == "cuda" else None
+            key = (size["C"], size["layers"], size["batch"], space)
+            mem = peak if peak is not None else saved
+            if method == "darts" and label == "eager":
+                eager_ref[key] = mem
+            if device.type == "cuda":
+                max_batch = _largest_batch_cuda(method, space, size["C"], size["layers"], size["size"], device,
+                                                backend, recompute)
+            else:
+                max_batch = int(CPU_BUDGET_BYTES // max(saved / size["batch"], 1))
+            records.append(dict(
+                name=f"search_step/{method}/{space}", method=method, space=space, backend=label,
+                C=size["C"], layers=size["layers"], image_size=size["size"], batch=size["batch"], step_ms=step_ms,
+                peak_bytes=peak, saved_bytes=saved, ratio_vs_eager=(mem / eager_ref[key]) if key in eager_ref else None,
+                max_batch=max_batch, max_batch_budget_bytes=CPU_BUDGET_BYTES if device.type == "cpu" else
+                min(GPU_BUDGET_BYTES, torch.cuda.get_device_properties(device).total_memory),
+            ))
+            del model, runner
+    # step time relative to DARTS with the same backend and size, for the method-cost table
+    base = {(r["C"], r["layers"], r["batch"], r["space"], r["backend"]): r["step_ms"]
+            for r in records if r.get("method") == "darts" and "step_ms" in r}
+    for r in records:
+        if "step_ms" in r:
+            b = base.get((r["C"], r["layers"], r["batch"], r["space"], r["backend"]))
+            r["time_vs_darts"] = r["step_ms"] / b if b else None
+    return records
+
+
+# ------------------------------------------------------------------------------------- reports
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _fmt_bytes(b) -> str:
+    return "–" if b is None else f"{b / 2**20:.1f} MiB"
+
+
+def markdown_tables(result: dict) -> str:
+    """Markdown tables of one result file."""
+    lines = [f"**{result['device']}** · torch {result['torch']} · triton {result['triton']} · "
+             f"commit {result['commit']} · {result['date']}", ""]
+    kern = [r for r in result["records"] if "gbps" in r]
+    if kern:
+        lines += [f"Copy bandwidth measured in the same run: {result['copy_bw_gbps']:.1f} GB/s", "",
+                  "| kernel | backend | dtype | K | elements | ms | GB/s | % of copy BW | speed-up vs eager |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['name']} | {r['backend']} | {r['dtype']} | {r['K']} | {r['numel']:,} | {r['ms']:.3f} | "
+                  f"{r['gbps']:.1f} | {r['pct_of_copy_bw']:.1f} | {r['speedup_vs_eager']:.2f}× |" for r in kern]
+        lines.append("")
+    srch = [r for r in result["records"] if "step_ms" in r]
+    if srch:
+        lines += ["| method | space | backend | C/cells/batch/px | step ms | time vs DARTS | peak (CUDA) | "
+                  "forward saved (CPU) | memory vs eager DARTS | largest batch in budget |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in srch:
+            ratio = "–" if r["ratio_vs_eager"] is None else f"{100 * r['ratio_vs_eager']:.1f} %"
+            tvd = "–" if r.get("time_vs_darts") is None else f"{r['time_vs_darts']:.2f}×"
+            budget = f"{r['max_batch']:,} @ {r['max_batch_budget_bytes'] / 2**30:.0f} GiB"
+            lines.append(f"| {r['method']} | {r['space']} | {r['backend']} | {r['C']}/{r['layers']}/{r['batch']}/"
+                         f"{r['image_size']} | {r['step_ms']:.0f} | {tvd} | {_fmt_bytes(r['peak_bytes'])} | "
+                         f"{_fmt_bytes(r['saved_bytes'])} | {ratio} | {budget} |")
+        lines.append("")
+    skipped = [r for r in result["records"] if "skipped" in r]
+    if skipped:
+        lines += ["Not measured: " + "; ".join(f"{r['method']}/{r['space']} ({r['skipped']})" for r in skipped), ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> None:
+    """Bar charts: kernel GB/s by backend, and search-step time by method/backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kern = [r for r in result["records"] if "gbps" in r and r["name"] == "mixed_sum"]
+    srch = [r for r in result["records"] if "step_ms" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    if kern:
+        labels = [f"{r['backend']}\nK={r['K']} {r['dtype'][:4]}\n{r['numel'] / 2**20:.2g}M" for r in kern]
+        axes[0].bar(range(len(kern)), [r["gbps"] for r in kern],
+                    color=["tab:gray" if r["backend"] == "eager" else "tab:blue" for r in kern])
+        axes[0].axhline(result["copy_bw_gbps"], color="tab:red", ls="--", label="copy bandwidth")
+        axes[0].set_xticks(range(len(kern)), labels, fontsize=6)
+        axes[0].set_ylabel("GB/s (fwd+bwd)")
+        axes[0].set_title("mixed_sum")
+        axes[0].legend()
+    if srch:
+        labels = [f"{r['method']}/{r['space']}\n{r['backend']}" for r in srch]
+        axes[1].bar(range(len(srch)), [r["step_ms"] for r in srch])
+        axes[1].set_xticks(range(len(srch)), labels, fontsize=6, rotation=60)
+        axes[1].set_ylabel("ms per search step")
+        axes[1].set_title("search step")
+    fig.suptitle(result["device"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def update_readme(results_dir: str, readme: str) -> bool:
+    """Replace the README block between the bench markers with tables from every result JSON."""
+    if not os.path.isfile(readme):
+        return False
+    with open(readme) as f:
+        text = f.read()
+    if README_START not in text or README_END not in text:
+        return False
+    blocks = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+        with open(path) as f:
+            blocks.append(f"From `{os.path.relpath(path, os.path.dirname(readme) or '.')}`:\n\n"
+                          + markdown_tables(json.load(f)))
+    body = "\n".join(blocks) if blocks else "No benchmark results committed yet."
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    text = pattern.sub(lambda _: f"{README_START}\n{body}\n{README_END}", text)
+    with open(readme, "w") as f:
+        f.write(text)
+    return True
+
+
+def run_bench(what: str = "all", out: str = os.path.join("benchmarks", "results"), *, quick: bool = False,
+              device: str | None = None, readme: str = "README.md") -> list[str]:
+    """Run the benchmarks and write ``<out>/<device>-<date>.{json,md,png}``; returns the written paths."""
+    if what not in ("kernels", "search", "all"):
+        raise ValueError(f"unknown benchmark {what!r}; choose kernels, search or all")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    result = dict(device=device_name(dev), torch=torch.__version__, triton=triton_version,
+                  fastdarts=fastdarts.__version__, commit=_commit(), date=time.strftime("%Y-%m-%d"),
+                  quick=quick, threads=torch.get_num_threads(), copy_bw_gbps=None, records=[])
+    if what in ("kernels", "all"):
+        records, copy_bw = bench_kernels(dev, quick)
+        result["records"] += records
+        result["copy_bw_gbps"] = copy_bw
+    if what in ("search", "all"):
+        result["records"] += bench_search(dev, quick)
+    os.makedirs(out, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", result["device"]).strip("-").lower()
+    stem = os.path.join(out, f"{slug}-{time.strftime('%Y%m%d')}{'-quick' if quick else ''}")
+    with open(stem + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown_tables(result))
+    plot(result, stem + ".png")
+    paths = [stem + ".json", stem + ".md", stem + ".png"]
+    if not quick and update_readme(out, readme):
+        paths.append(readme)
+    return paths
