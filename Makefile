@@ -10,7 +10,7 @@ TRITON_SPEC ?= triton==3.6.0
 STAMP  := $(VENV)/.fastdarts-installed
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 
-.PHONY: search test bench checkstyle cuda-compile clean
+.PHONY: search test bench bench-pytest checkstyle cuda-compile clean
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,6 @@ cuda-compile: $(STAMP)
 
 clean:
 	rm -rf build *.egg-info fastdarts/_C*.so
+
+bench-pytest: $(STAMP)
+	$(PY) -m pytest benchmarks -o python_files='bench_*.py' --benchmark-only

@@ -174,7 +174,8 @@ def forward_net_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return int(sum(e.self_cpu_memory_usage for e in prof.events()))
 
 
-def _search_setup(method: str, space: str, C: int, layers: int, batch: int, size: int, device, backend, recompute):
+def search_setup(method: str, space: str, C: int, layers: int, batch: int, size: int, device, backend, recompute):
+    """A supernet, its method runner (past any architecture warm-up) and one random batch."""
     torch.manual_seed(0)
     model = build_supernet(space, method, C, 10, layers, backend=backend, recompute=recompute).to(device)
     cls = get_method(method)
@@ -185,7 +186,8 @@ def _search_setup(method: str, space: str, C: int, layers: int, batch: int, size
     return model, runner, (x, y)
 
 
-def _peak_step_bytes(runner, batch_xy, device) -> int:
+def peak_step_bytes(runner, batch_xy, device) -> int:
+    """Peak CUDA bytes one search iteration allocates above what was allocated before it."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
@@ -199,8 +201,8 @@ def _largest_batch_cuda(method, space, C, layers, size, device, backend, recompu
     lo, hi = 0, 64
     while hi <= 8192:
         try:
-            _, runner, xy = _search_setup(method, space, C, layers, hi, size, device, backend, recompute)
-            if _peak_step_bytes(runner, xy, device) > budget:
+            _, runner, xy = search_setup(method, space, C, layers, hi, size, device, backend, recompute)
+            if peak_step_bytes(runner, xy, device) > budget:
                 break
             lo, hi = hi, hi * 2
         except torch.cuda.OutOfMemoryError:
@@ -210,8 +212,8 @@ def _largest_batch_cuda(method, space, C, layers, size, device, backend, recompu
     while hi - lo > max(lo // 16, 1):  # refine to ~6 %
         mid = (lo + hi) // 2
         try:
-            _, runner, xy = _search_setup(method, space, C, layers, mid, size, device, backend, recompute)
-            ok = _peak_step_bytes(runner, xy, device) <= budget
+            _, runner, xy = search_setup(method, space, C, layers, mid, size, device, backend, recompute)
+            ok = peak_step_bytes(runner, xy, device) <= budget
         except torch.cuda.OutOfMemoryError:
             ok = False
         torch.cuda.empty_cache()
@@ -233,7 +235,7 @@ def bench_search(device: torch.device, quick: bool = False, methods=None) -> lis
     for method, space, size, vars_ in plan:
         for label, backend, recompute in vars_:
             try:
-                model, runner, xy = _search_setup(method, space, size["C"], size["layers"], size["batch"],
+                model, runner, xy = search_setup(method, space, size["C"], size["layers"], size["batch"],
                                                   size["size"], device, backend, recompute)
             except (ValueError, ImportError) as err:  # method not available in this build
                 records.append(dict(name=f"search_step/{method}/{space}", method=method, space=space,
@@ -241,7 +243,7 @@ def bench_search(device: torch.device, quick: bool = False, methods=None) -> lis
                 continue
             step_ms = time_ms(lambda: runner.step(xy, xy, 0), device, warmup=1, reps=3 if device.type == "cpu" else 5)
             saved = forward_net_bytes(model, xy[0]) if device.type == "cpu" else None
-            peak = _peak_step_bytes(runner, xy, device) if device.type == "cuda" else None
+            peak = peak_step_bytes(runner, xy, device) if device.type == "cuda" else None
             key = (size["C"], size["layers"], size["batch"], space)
             mem = peak if peak is not None else saved
             if method == "darts" and label == "eager":

@@ -1,3 +1,4 @@
+# ruff: noqa: B007, B905  (kept literal: unused loop variables and plain zip() as in the originals)
 """Stand-in for the original code: quark0/darts and PC-DARTS search models, written out literally.
 
 This module does NOT import fastdarts. It re-states, as closely as possible,
@@ -269,8 +270,8 @@ class Network(nn.Module):
             for i in range(self._steps):
                 end = start + n
                 W = weights[start:end].copy()
-                edges = sorted(range(i + 2),
-                               key=lambda x: -max(W[x][k] for k in range(len(W[x])) if k != PRIMITIVES.index("none")))[:2]
+                edges = sorted(range(i + 2), key=lambda x: -max(
+                    W[x][k] for k in range(len(W[x])) if k != PRIMITIVES.index("none")))[:2]
                 for j in edges:
                     k_best = None
                     for k in range(len(W[j])):
@@ -474,8 +475,8 @@ class PCNetwork(nn.Module):
                 W2 = weights2[start:end].copy()
                 for j in range(n):
                     W[j, :] = W[j, :] * W2[j]
-                edges = sorted(range(i + 2),
-                               key=lambda x: -max(W[x][k] for k in range(len(W[x])) if k != PRIMITIVES.index("none")))[:2]
+                edges = sorted(range(i + 2), key=lambda x: -max(
+                    W[x][k] for k in range(len(W[x])) if k != PRIMITIVES.index("none")))[:2]
                 for j in edges:
                     k_best = None
                     for k in range(len(W[j])):

@@ -8,13 +8,12 @@ the channel count and divides the (even) spatial size by its stride.
 from __future__ import annotations
 
 import pytest
+import reference_darts as ref
 import torch
 import torch.nn as nn
 
 import fastdarts
 from fastdarts import ops as fops
-
-import reference_darts as ref
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,12 +9,11 @@ running statistics and the same genotype, and the original state_dict must load 
 from __future__ import annotations
 
 import pytest
+import reference_darts as ref
 import torch
 import torch.nn as nn
 
 import fastdarts
-
-import reference_darts as ref
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -60,7 +59,7 @@ def _reference(method, seed=0, layers=LAYERS):
 def _copy_into(net, reference):
     net.load_state_dict(reference.state_dict(), strict=True)
     with torch.no_grad():
-        for ours, theirs in zip(net.arch_parameters(), reference.arch_parameters()):
+        for ours, theirs in zip(net.arch_parameters(), reference.arch_parameters(), strict=True):
             ours.copy_(theirs)
 
 
@@ -105,7 +104,7 @@ def test_arch_parameters_order_and_shapes(method):
     names = METHODS[method][2]
     arch = net.arch_parameters()
     assert [tuple(a.shape) for a in arch] == [(14, 8), (14, 8)] + [(14,)] * (len(names) - 2)
-    for name, a in zip(names, arch):
+    for name, a in zip(names, arch, strict=True):
         assert getattr(net, name) is a, name
         assert a.is_leaf and a.requires_grad and a.dtype == torch.float32
     # Architecture tensors are neither weights nor state (as Variables in the originals).
@@ -137,7 +136,7 @@ def test_same_logits_gradients_and_genotype(method, backend):
     for name in wg_ref:
         torch.testing.assert_close(wg[name], wg_ref[name], **tol, msg=name)
     assert len(ag) == len(ag_ref) == len(METHODS[method][2])
-    for a, b in zip(ag, ag_ref):
+    for a, b in zip(ag, ag_ref, strict=True):
         torch.testing.assert_close(a, b, **tol)
     # BatchNorm running statistics followed the same path.
     ref_bufs = dict(theirs.named_buffers())
@@ -168,6 +167,22 @@ def test_genotype_matches_original_for_random_arch(method):
         assert "none" not in {op for op, _ in g.normal + g.reduce}
 
 
+@pytest.mark.parametrize("method", list(METHODS))
+def test_same_seed_same_initialisation(method):
+    # Not part of the layout promise, but what makes a fastdarts run reproduce an original run:
+    # modules are created (and α/β drawn) in the original's order, so one seed gives the same
+    # initial weights and architecture tensors.
+    C, cls, _ = METHODS[method]
+    torch.manual_seed(11)
+    theirs = cls(C, 10, SMALL_LAYERS, nn.CrossEntropyLoss())
+    torch.manual_seed(11)
+    ours = _build(method, layers=SMALL_LAYERS)
+    for (k, a), (k2, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k
+    for a, b in zip(ours.arch_parameters(), theirs.arch_parameters(), strict=True):
+        assert torch.equal(a.detach(), b.detach())
+
+
 # ---------------------------------------------------------------------------------------------
 # recompute=True
 
@@ -188,7 +203,7 @@ def test_recompute_supernet_matches(method, backend):
     torch.testing.assert_close(logits1, logits0)
     for name in wg0:
         torch.testing.assert_close(wg1[name], wg0[name], msg=name)
-    for a, b in zip(ag1, ag0):
+    for a, b in zip(ag1, ag0, strict=True):
         torch.testing.assert_close(a, b)
     bufs0 = dict(plain.named_buffers())
     for name, buf in rec.named_buffers():
@@ -212,7 +227,7 @@ def test_double_and_to_move_arch_tensors_in_place(method):
     assert net.double() is net
     arch = net.arch_parameters()
     assert [id(a) for a in arch] == before
-    for a, v in zip(arch, values):
+    for a, v in zip(arch, values, strict=True):
         assert a.dtype == torch.float64 and a.is_leaf and a.requires_grad
         torch.testing.assert_close(a, v.double())
     assert all(p.dtype == torch.float64 for p in net.parameters())

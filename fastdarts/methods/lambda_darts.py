@@ -142,6 +142,11 @@ class LambdaDarts(SearchMethod):
     are the repository's NAS-Bench-201 script (λ = 0.25, ε0 = 1e-4, arch lr 1e-4, 100 epochs,
     SGD wd 3e-4 without Nesterov).
 
+    ⚠ code differs from paper (paper body not checked, ALGORITHMS.md §11.2): what follows is the
+    sota code — only normal cells are regularised (``pert_reduce`` is all zeros, its
+    computation commented out), λ ramps linearly from 0, ε = ε0/‖d‖ with unnormalised
+    perturbations of the probabilities W_ℓ (not of α).
+
     A network with fewer than two regularised cells (e.g. a 3-cell DARTS supernet, whose only
     normal cell is cell 0) has an empty Λ: the method warns and runs plain first-order DARTS.
     """
