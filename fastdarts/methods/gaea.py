@@ -18,10 +18,11 @@ validation batch, then the SGD weight step; the weight LR follows GAEA's cosine
 
 NAS-Bench-201 (``space="nb201"``, ``gaea`` only): 25 epochs with ``T_s = 50`` (the LR only falls to
 ≈ 0.0138), batch 64, SGD 0.025 → 0.001, wd 3e-4. ⚠ code differs from NAS-Bench-201's protocol:
-GAEA's configs use C = 24 there, not the usual 16 — pass ``C=24`` to reproduce GAEA. GAEA's README runs NAS-Bench-201 with ``exclude_zero`` (4 candidates, no
-``none``): pass ``primitives=["skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]`` to
-``build_supernet`` (in a config: ``method_options: {primitives: [skip_connect, nor_conv_1x1,
-nor_conv_3x3, avg_pool_3x3]}``).
+GAEA's configs use C = 24 there, not the usual 16 — pass ``C=24`` to reproduce GAEA.
+GAEA's README runs NAS-Bench-201 with ``exclude_zero`` (4 candidates, no ``none``): pass
+``primitives=["skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]`` to ``build_supernet``
+(in a config: ``method_options: {primitives: [skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]}``,
+which ``fastdarts.search`` forwards to the supernet).
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ class GaeaPCDarts(GaeaDarts):
     (``configs/cnn/mode/search_pcdarts.yaml``; the paper's batch size is 256: set
     ``data.batch_size=256``).
 
-    ⚠ code differs from paper (not re-checked against the paper body): β is renormalised per node
+    ⚠ code vs paper (paper not checked; no difference confirmed): β is renormalised per node
     without the 1e-5 floor α gets (``architect_edarts.py`` comments the clamp out).
     """
 

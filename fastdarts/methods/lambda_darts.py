@@ -142,7 +142,7 @@ class LambdaDarts(SearchMethod):
     are the repository's NAS-Bench-201 script (λ = 0.25, ε0 = 1e-4, arch lr 1e-4, 100 epochs,
     SGD wd 3e-4 without Nesterov).
 
-    ⚠ code differs from paper (paper body not checked, ALGORITHMS.md §11.2): what follows is the
+    ⚠ code vs paper (paper body not checked, ALGORITHMS.md §11.2; no difference confirmed): this is the
     sota code — only normal cells are regularised (``pert_reduce`` is all zeros, its
     computation commented out), λ ramps linearly from 0, ε = ε0/‖d‖ with unnormalised
     perturbations of the probabilities W_ℓ (not of α).
