@@ -147,11 +147,15 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         parts = key.strip().split(".")
         if not all(parts):
             raise ValueError(f"override {item!r} has an empty key")
+        if parts == ["data"]:  # data=<name or path> shorthand: combines with data.<field>=... in any order
+            parts = ["data", "name"]
         node = tree
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r} conflicts with an earlier override of {p!r}")
+        if isinstance(node.get(parts[-1]), dict):
+            raise ValueError(f"override {item!r} conflicts with earlier overrides of {key.strip()}.<field>")
         # method_options has no declared types: parse its values as YAML scalars.
         node[parts[-1]] = yaml.safe_load(value) if parts[0] == "method_options" else value
     return tree

@@ -211,7 +211,7 @@ UNIFORM_EPS = 1e-6  # = fastdarts.kernels.gates.EPS (kept here so the import nee
 
 @dataclass
 class GateSample:
-    """What a sampler drew for one cell type in one forward (kept for regularisers and updates).
+    """What a sampler drew for one cell type in one forward (kept, detached, for regularisers and updates).
 
     ``keep``: ``[E, K]`` bool, the candidates each edge computes. ``weights``: ``[E, K]`` the
     straight-through gate values / renormalised weights. Sampler-specific extras: ``z`` (PR-DARTS
@@ -282,7 +282,10 @@ class SampledMixing(Mixing):
                 active.append(tuple(k for k in range(K) if row[k]))
             pos += E * K
             out[kind] = CellWeights(s.weights, None, active, self.edge_bias(s))
-        self.last = samples
+        # Kept detached: regularisers and updates need the masks only, and a supernet holding
+        # graph-attached tensors could not be deep-copied.
+        self.last = {kind: GateSample(s.keep, s.weights.detach(), None if s.z is None else s.z.detach(), s.tau,
+                                      s.ratio, s.bad) for kind, s in samples.items()}
         return out
 
     def cell_weights(self, alpha, beta, steps):

@@ -31,7 +31,6 @@ from fastdarts.config import SearchConfig, default_search_config_path, from_dict
 from fastdarts.data import build_search_data
 from fastdarts.genotype import save_genotype
 from fastdarts.methods import get_method
-from fastdarts.methods.base import HYPER_KEYS
 from fastdarts.spaces import build_supernet
 
 log = logging.getLogger("fastdarts")
@@ -172,7 +171,7 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
     logger.info("run dir %s | method %s | space %s | data %s (%d/%d/%d images) | device %s | %d epochs",
                 run_dir, cfg.method, cfg.space, cfg.data.name, data.train.num_samples, data.valid.num_samples,
                 data.test.num_samples, device, epochs)
-    logger.info("hyper-parameters: %s", {k: hyper[k] for k in HYPER_KEYS if k in hyper})
+    logger.info("hyper-parameters: %s", hyper)
 
     start_epoch, history = 0, []
     if resume:

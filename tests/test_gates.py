@@ -96,7 +96,8 @@ def test_hard_concrete_mask_and_straight_through():
         rng = G.GateRNG(11)
         u = torch.rand(E, K, generator=rng.generator("cpu", 16 * stream)).clamp(G.UNIFORM_EPS, 1 - G.UNIFORM_EPS)
         z_ref = G.hard_concrete_from_uniforms(alpha, 0.6, u)
-        torch.testing.assert_close(s.z, z_ref, rtol=0, atol=0)
+        torch.testing.assert_close(s.z, z_ref.detach(), rtol=0, atol=0)
+        assert s.z.grad_fn is None  # `last` is detached (the supernet stays deep-copyable)
         # Gradient of h is dz/dA (straight-through); here against autograd through the reference.
         c = torch.randn(E, K, generator=torch.Generator().manual_seed(stream))
         (g_h,) = torch.autograd.grad((cw.weights * c).sum(), alpha, retain_graph=True)

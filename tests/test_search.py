@@ -212,6 +212,11 @@ def test_config_overrides_are_typed():
     assert cfg.method_options == {"k": 2}
     assert cfg.optim.w_lr is None  # untouched: the method's default
     assert load_config(SearchConfig, None, ["epochs=none"]).epochs is None
+    # the data=<name> shorthand combines with data.<field> overrides in either order
+    other = load_config(SearchConfig, None, ["data=digits", "data.batch_size=8"])
+    assert other.data.name == "digits" and other.data.batch_size == 8
+    with pytest.raises(ValueError, match="conflicts"):
+        load_config(SearchConfig, None, ["optim.w_lr=0.1", "optim=3"])
 
 
 def test_config_unknown_key_lists_valid_keys():

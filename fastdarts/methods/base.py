@@ -17,13 +17,6 @@ import torch.nn.functional as F
 
 from fastdarts.gates import Mixing
 
-# Hyper-parameters every method resolves (config value if given, else the method's default).
-HYPER_KEYS = (
-    "epochs", "w_lr", "w_lr_min", "w_momentum", "w_weight_decay", "w_nesterov", "w_grad_clip",
-    "alpha_lr", "alpha_betas", "alpha_weight_decay", "arch_warmup", "lr_schedule_offset",
-)
-
-
 class SearchMethod:
     """First-order DARTS (quark0/darts ``train_search.py`` without ``--unrolled``).
 
@@ -42,9 +35,12 @@ class SearchMethod:
         # quark0 calls scheduler.step() at the start of each epoch (PyTorch < 1.1 semantics),
         # so epoch e runs with the cosine value at e + 1 (epoch 0 of DARTS: 0.024976).
         lr_schedule_offset=1,
+        step_order="arch_first",  # quark0: architecture step, then weight step
     )
     # NAS-Bench-201 reference settings (D-X-Y configs/nas-benchmark/algos/DARTS-V1.config).
-    NB201_DEFAULTS: dict[str, Any] = dict(w_weight_decay=5e-4, w_nesterov=True, lr_schedule_offset=0)
+    # D-X-Y's search loops take the weight step first.
+    NB201_DEFAULTS: dict[str, Any] = dict(w_weight_decay=5e-4, w_nesterov=True, lr_schedule_offset=0,
+                                          step_order="weight_first")
     single_level = False  # True: weights and architecture both train on the full training set
     # "random": a fresh random validation batch each step (quark0's next(iter(valid_queue)));
     # "iterate": one pass over the validation split in step with the training batches.
@@ -80,6 +76,8 @@ class SearchMethod:
             hp.update(cls.NB201_DEFAULTS)
         hp.update({k: v for k, v in overrides.items() if v is not None})
         hp["alpha_betas"] = tuple(hp["alpha_betas"])
+        if hp["step_order"] not in ("arch_first", "weight_first"):
+            raise ValueError(f"step_order must be 'arch_first' or 'weight_first', got {hp['step_order']!r}")
         return hp
 
     def make_arch_optimizer(self) -> torch.optim.Optimizer:
@@ -105,11 +103,14 @@ class SearchMethod:
 
     # ---------------------------------------------------------------- one iteration
     def step(self, train_batch, valid_batch, step: int) -> dict[str, torch.Tensor]:
-        """One search iteration: architecture step (unless frozen), then weight step."""
+        """One search iteration: architecture step (unless frozen) and weight step, in ``step_order``."""
         metrics = {}
+        if self.hp["step_order"] == "weight_first":
+            metrics.update(self.weight_step(*train_batch))
         if not self.arch_frozen(self.epoch):
             metrics.update(self.arch_step(train_batch, valid_batch))
-        metrics.update(self.weight_step(*train_batch))
+        if self.hp["step_order"] != "weight_first":
+            metrics.update(self.weight_step(*train_batch))
         return metrics
 
     def criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

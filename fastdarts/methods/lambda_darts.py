@@ -164,7 +164,7 @@ class LambdaDarts(SearchMethod):
     # NAS-Bench201/scripts-search/algos/DARTS-V1.sh and configs/nas-benchmark/algos/DARTS.config.
     NB201_DEFAULTS: dict[str, Any] = dict(
         epochs=100, w_weight_decay=3e-4, w_nesterov=False, lr_schedule_offset=0,
-        alpha_lr=1e-4, lambda_=0.25, epsilon=1e-4,
+        alpha_lr=1e-4, lambda_=0.25, epsilon=1e-4, step_order="weight_first",
     )
     # sota/cnn: `valid_queue = iter(valid_queue)` once per epoch, then next() every step.
     valid_sampling = "iterate"
@@ -178,10 +178,9 @@ class LambdaDarts(SearchMethod):
         self.num_regularised = sum(k == "normal" for k in self.kinds)
         from fastdarts.spaces.nb201 import NB201Supernet
 
-        self.nb201 = isinstance(model, NB201Supernet)
-        if self.nb201:
-            # NAS-Bench-201 code (D-X-Y DARTS-V1 loop): the weight step comes first, and each train
-            # sample is paired with a random validation sample (SearchDataset).
+        if isinstance(model, NB201Supernet):
+            # NAS-Bench-201 code (D-X-Y DARTS-V1 loop): the weight step comes first (step_order in
+            # NB201_DEFAULTS) and each train sample is paired with a random validation sample.
             self.valid_sampling = "random"
         if self.num_regularised < 2:
             warnings.warn(f"Λ-DARTS: the supernet has {self.num_regularised} regularised (normal) cell(s); "
@@ -236,14 +235,6 @@ class LambdaDarts(SearchMethod):
         return [None if gp is None else (gp - gm) / (2 * eps) for gp, gm in zip(g_plus, g_minus)]
 
     # ---------------------------------------------------------------- one iteration
-    def step(self, train_batch, valid_batch, step: int):
-        if not self.nb201:
-            return super().step(train_batch, valid_batch, step)
-        metrics = self.weight_step(*train_batch)
-        if not self.arch_frozen(self.epoch):
-            metrics.update(self.arch_step(train_batch, valid_batch))
-        return metrics
-
     def weight_step(self, x: torch.Tensor, y: torch.Tensor):
         self.w_optim.zero_grad(set_to_none=True)
         shared = self.shared_weights()
