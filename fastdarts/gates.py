@@ -309,13 +309,16 @@ def hard_concrete_prob_nonzero(A: torch.Tensor, tau: float, a: float = HC_LIMIT_
 
 
 def hard_concrete_prob_zero(A: torch.Tensor, tau: float, a: float = HC_LIMIT_A, b: float = HC_LIMIT_B):
-    """``P(z = 0) = P(s ≤ −a/(b−a))``; with ``s = σ((A+L)/τ)``, L logistic, ``P(s < c) = σ(τ·logit(c) − A)``."""
+    """``P(z = 0) = P(s ≤ −a/(b−a))``.
+
+    With ``s = σ((A+L)/τ)`` and L logistic, ``P(s < c) = σ(τ·logit(c) − A)``; here
+    ``logit(−a/(b−a)) = log(−a/b)``, so ``P(z = 0) = σ(τ·log(−a/b) − A)``."""
     c = -a / (b - a)
     return torch.sigmoid(tau * math.log(c / (1 - c)) - A)
 
 
 def hard_concrete_prob_one(A: torch.Tensor, tau: float, a: float = HC_LIMIT_A, b: float = HC_LIMIT_B):
-    """``P(z = 1) = P(s ≥ (1−a)/(b−a)) = σ(A − τ·logit((1−a)/(b−a))) = σ(A − τ·log((1−a)/(b−1)))``."""
+    """``P(z = 1) = P(s ≥ (1−a)/(b−a)) = σ(A − τ·logit((1−a)/(b−a)))``, i.e. ``σ(A − τ·log((1−a)/(b−1)))``."""
     c = (1 - a) / (b - a)
     return torch.sigmoid(A - tau * math.log(c / (1 - c)))
 

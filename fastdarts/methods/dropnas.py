@@ -47,13 +47,14 @@ class DropNAS(SampledGateMethod):
     def begin_epoch(self, epoch: int) -> None:
         super().begin_epoch(epoch)
         rate = self.hp["drop_rate"]
-        self.gates.set_drop_rate(0.0 if self.arch_frozen(epoch) else (rate if isinstance(rate, (int, float)) else tuple(rate)))
+        rate = rate if isinstance(rate, (int, float)) else tuple(rate)
+        self.gates.set_drop_rate(0.0 if self.arch_frozen(epoch) else rate)
 
     def decay_loss(self) -> torch.Tensor:
         """Partial decay of step 2, from the gradients of step 1 (no host synchronisation)."""
         loss = torch.zeros((), device=self.arch[0].device)
         for p in self.weights:
-            if p.grad is not None:  # None: the parameter's op has never run
+            if p.grad is not None:
                 used = (p.grad.reshape(-1)[0] != 0).to(p.dtype)
                 loss = loss + used * self.hp["w_partial_decay"] * p.pow(2).sum()
         for a in self.arch:
@@ -79,14 +80,19 @@ class DropNAS(SampledGateMethod):
         x, y = train_batch
         train_arch = not self.arch_frozen(self.epoch)
         params = self.weights + (self.arch if train_arch else [])
-        # Gradients are zeroed, not freed (the original's PyTorch 1.x zero_grad): a weight used in an
-        # earlier step but dropped now keeps a zero gradient, so SGD still applies its momentum.
         self.w_optim.zero_grad(set_to_none=False)
         self.a_optim.zero_grad(set_to_none=False)
         logits = self.model(x)
         samples = dict(self.gates.last)
         loss = self.criterion(logits, y)
         loss.backward(inputs=params)
+        # Ops dropped in this forward leave their weights without a gradient. As in the original
+        # (PyTorch 1.x zero_grad zeroes instead of freeing), they take a zero gradient, so SGD still
+        # applies their momentum. Filling here (not only zeroing) also makes a resumed run, whose
+        # gradients start as None, step exactly like an unbroken one.
+        for p in self.weights:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         nn.utils.clip_grad_norm_(self.weights, self.hp["w_grad_clip"])
         self.w_optim.step()
         if train_arch:
@@ -96,7 +102,7 @@ class DropNAS(SampledGateMethod):
         self.w_optim.zero_grad(set_to_none=False)
         self.a_optim.zero_grad(set_to_none=False)
         if dec.requires_grad:
-            dec.backward(inputs=[p for p in params if p.grad is not None])
+            dec.backward(inputs=[p for p in params if p.grad is not None])  # zero decay -> zero grad
         nn.utils.clip_grad_norm_(self.weights, self.hp["w_grad_clip"])
         self.w_optim.step()
         if train_arch:
