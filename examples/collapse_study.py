@@ -40,12 +40,12 @@ def run(methods, seeds, space, search_epochs, train_epochs, out) -> dict:
             for seed in seeds:
                 t0 = time.time()
                 cfg = SearchConfig(method=method, space=space, epochs=search_epochs, seed=seed, C=8, layers=5,
-                                   data=DataConfig(name="digits", batch_size=64, image_size=16),
+                                   data=DataConfig(name="digits", batch_size=64, image_size=8),
                                    run_dir=os.path.join(tmp, f"search-{method}-{seed}"))
                 result = search(cfg)
                 geno_path = os.path.join(result.run_dir, "genotype.json")
                 tcfg = TrainConfig(genotype=geno_path, epochs=train_epochs, C=8, layers=5, seed=seed, auxiliary=False,
-                                   drop_path_prob=0.0, data=DataConfig(name="digits", batch_size=64, image_size=16),
+                                   drop_path_prob=0.0, data=DataConfig(name="digits", batch_size=64, image_size=8),
                                    run_dir=os.path.join(tmp, f"train-{method}-{seed}"))
                 trained = train(tcfg)
                 rows.append(dict(method=method, seed=seed, space=space,
@@ -76,7 +76,7 @@ def run(methods, seeds, space, search_epochs, train_epochs, out) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Space `{result['space']}`, digits 16×16, C=8, 5 cells, {result['search_epochs']} search epochs, "
+    lines = [f"Space `{result['space']}`, digits 8×8, C=8, 5 cells, {result['search_epochs']} search epochs, "
              f"derived network trained {result['train_epochs']} epochs, seeds {result['seeds']}.", "",
              "| method | parameter-free ops in normal cell | derived net held-out acc (%) | supernet acc (%) |",
              "|---|---|---|---|"]
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["darts", "prdarts", "lambda_darts", "dropnas", "gaea"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--space", default="darts")
-    parser.add_argument("--search-epochs", type=int, default=15)
+    parser.add_argument("--search-epochs", type=int, default=20)
     parser.add_argument("--train-epochs", type=int, default=10)
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = parser.parse_args()

@@ -5,7 +5,8 @@ network builders, the search entry point, genotype files and GAEA's optimiser.
 """
 
 from fastdarts import optim
-from fastdarts.functional import mixed_sum
+from fastdarts.functional import gated_mixed_sum, mixed_sum
+from fastdarts.gated import GatedMixedOp
 from fastdarts.genotype import Genotype, NB201Genotype, load_genotype, save_genotype
 from fastdarts.mixed import MixedOp, PartialMixedOp
 from fastdarts.search import search
@@ -17,6 +18,8 @@ __all__ = [
     "MixedOp",
     "PartialMixedOp",
     "mixed_sum",
+    "GatedMixedOp",
+    "gated_mixed_sum",
     "build_supernet",
     "build_network",
     "search",

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 __all__ = ["has_triton", "mixed_sum"]
 
-_KERNEL_MODULES = ("mixed_sum",)
+_KERNEL_MODULES = ("mixed_sum", "gates")
 
 
 @lru_cache(maxsize=None)

@@ -77,9 +77,10 @@ def test_temperature_schedules():
     assert model.mixing.tau == pytest.approx(0.55)
 
 
-@pytest.mark.parametrize("name", ["prdarts", "gdas"])
-def test_weight_step_comes_first(name, monkeypatch):
-    model, m = _make(name)
+@pytest.mark.parametrize("name,space", [("prdarts", "darts"), ("gdas", "darts"), ("gdas", "nb201")])
+def test_weight_step_comes_first(name, space, monkeypatch):
+    model, m = _make(name, space)
+    assert m.hp["step_order"] == "weight_first"
     order = []
     monkeypatch.setattr(m, "weight_step", lambda *a: order.append("w") or {})
     monkeypatch.setattr(m, "arch_step", lambda *a: order.append("a") or {})

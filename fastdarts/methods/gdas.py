@@ -25,7 +25,7 @@ class GDAS(SampledGateMethod):
         SearchMethod.DEFAULTS,
         epochs=250, w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_weight_decay=5e-4, w_nesterov=True,
         w_grad_clip=5.0, alpha_lr=3e-4, alpha_betas=(0.5, 0.999), alpha_weight_decay=1e-3,
-        lr_schedule_offset=0, tau_max=10.0, tau_min=0.1, gate_seed=None,
+        lr_schedule_offset=0, step_order="weight_first", tau_max=10.0, tau_min=0.1, gate_seed=None,
     )
 
     @classmethod

@@ -47,13 +47,6 @@ class SampledGateMethod(SearchMethod):
         if hasattr(self.gates, "set_temperature"):
             self.gates.set_temperature(self.temperature_at(epoch))
 
-    def step(self, train_batch, valid_batch, step: int) -> dict[str, torch.Tensor]:
-        """Weight step first, then the architecture step (salesforce/PR-DARTS, D-X-Y GDAS order)."""
-        metrics = self.weight_step(*train_batch)
-        if not self.arch_frozen(self.epoch):
-            metrics.update(self.arch_step(train_batch, valid_batch))
-        return metrics
-
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "mixing": self.gates.state_dict()}
 
@@ -156,6 +149,7 @@ class PRDarts(SampledGateMethod):
         epochs=200, w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_weight_decay=5e-4, w_nesterov=True,
         w_grad_clip=5.0, alpha_lr=3e-4, alpha_betas=(0.5, 0.999), alpha_weight_decay=1e-3,
         lr_schedule_offset=0,  # D-X-Y-style cosine by epoch index
+        step_order="weight_first",  # weight step, then architecture step
         tau_max=1.0, tau_min=0.1, topk=2, gate_dropout=0.4,
         lambda1=0.01, lambda2=0.005, lambda3=0.005, reg_threshold=0.2, gate_seed=None,
     )
