@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from fastdarts.functional import check_backend_name, mixed_sum, partial_channel_combine, resolve_backend
+from fastdarts.functional import (check_backend_name, gated_mixed_sum, mixed_sum, partial_channel_combine,
+                                  resolve_backend)
 from fastdarts.ops import DARTS_PRIMITIVES, Zero, check_primitives, make_search_op, relu_tail
 
 
@@ -103,10 +104,10 @@ class _MixedBase(nn.Module):
             else:
                 outs.append(op(x))
             keep.append(k)
-        if not outs:  # only `none` candidates
+        if not outs:  # only `none` candidates: zeros that still depend on the weights
             return self._eager_sum(x, weights, active)
         if len(keep) != len(self._ops):
-            weights = weights[keep]
+            return gated_mixed_sum(_common_dtype(outs), weights, keep, backend=backend)
         return mixed_sum(_common_dtype(outs), weights, backend=backend)
 
     def _check_active(self, active) -> None:
