@@ -9,7 +9,7 @@ allocated (CPU) or the peak bytes of the step (CUDA), from the same helpers as `
 import pytest
 import torch
 
-from fastdarts.bench import peak_step_bytes, search_setup, forward_net_bytes
+from fastdarts.bench import forward_net_bytes, peak_step_bytes, search_setup
 from fastdarts.functional import resolve_backend
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -17,6 +17,7 @@ performance table is regenerated from every JSON file in ``benchmarks/results``.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -149,7 +150,7 @@ def _bench_partial_channel(device, copy_bw, quick):
         ya = torch.randn(shape[0], C // k, Ho, Ho, device=device, requires_grad=True)
         g = torch.randn(shape[0], C, Ho, Ho, device=device)
 
-        def step(backend):
+        def step(backend, x=x, ya=ya, g=g, stride=stride):
             return lambda: torch.autograd.grad(partial_channel_combine(x, ya, k, stride, backend=backend), (x, ya), g)
 
         # forward reads ya + bypass and writes y; backward reads g and writes grad_ya + grad_x
@@ -241,7 +242,8 @@ def bench_search(device: torch.device, quick: bool = False, methods=None) -> lis
                 records.append(dict(name=f"search_step/{method}/{space}", method=method, space=space,
                                     backend=label, skipped=str(err)))
                 continue
-            step_ms = time_ms(lambda: runner.step(xy, xy, 0), device, warmup=1, reps=3 if device.type == "cpu" else 5)
+            step_ms = time_ms(functools.partial(runner.step, xy, xy, 0), device, warmup=1,
+                              reps=3 if device.type == "cpu" else 5)
             saved = forward_net_bytes(model, xy[0]) if device.type == "cpu" else None
             peak = peak_step_bytes(runner, xy, device) if device.type == "cuda" else None
             key = (size["C"], size["layers"], size["batch"], space)
@@ -260,7 +262,7 @@ def bench_search(device: torch.device, quick: bool = False, methods=None) -> lis
                 max_batch=max_batch, max_batch_budget_bytes=CPU_BUDGET_BYTES if device.type == "cpu" else
                 min(GPU_BUDGET_BYTES, torch.cuda.get_device_properties(device).total_memory),
             ))
-            del model, runner
+            model = runner = None  # free this variant before building the next
     # step time relative to DARTS with the same backend and size, for the method-cost table
     base = {(r["C"], r["layers"], r["batch"], r["space"], r["backend"]): r["step_ms"]
             for r in records if r.get("method") == "darts" and "step_ms" in r}

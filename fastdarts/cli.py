@@ -22,17 +22,21 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
     return path, overrides
 
 
-def _cmd_search(args) -> int:
-    from fastdarts.search import search
-
+def _config(cls, args, default_path: str | None, extra: list[str]):
+    """The run's config: the saved one of ``--resume RUN_DIR``, else the YAML (or default) + overrides."""
     path, overrides = _split_args(args.items)
     if args.resume:
         saved = os.path.join(args.resume, "config.yaml")
         if not os.path.isfile(saved):
             raise SystemExit(f"fastdarts: cannot resume, {saved} not found")
-        cfg = load_config(SearchConfig, saved, overrides + [f"run_dir={args.resume}"])
-    else:
-        cfg = load_config(SearchConfig, path or default_search_config_path(), overrides)
+        return load_config(cls, saved, overrides + [f"run_dir={args.resume}"])
+    return load_config(cls, path or default_path, overrides + extra)
+
+
+def _cmd_search(args) -> int:
+    from fastdarts.search import search
+
+    cfg = _config(SearchConfig, args, default_search_config_path(), [])
     result = search(cfg, resume=bool(args.resume))
     print(f"genotype: {result.genotype.to_dict()}")
     print(f"run directory: {result.run_dir}")
@@ -43,14 +47,7 @@ def _cmd_search(args) -> int:
 def _cmd_train(args) -> int:
     from fastdarts.train import train
 
-    path, overrides = _split_args(args.items)
-    if args.resume:
-        saved = os.path.join(args.resume, "config.yaml")
-        if not os.path.isfile(saved):
-            raise SystemExit(f"fastdarts: cannot resume, {saved} not found")
-        cfg = load_config(TrainConfig, saved, overrides + [f"run_dir={args.resume}"])
-    else:
-        cfg = load_config(TrainConfig, path, overrides + [f"genotype={args.genotype}"])
+    cfg = _config(TrainConfig, args, None, [f"genotype={args.genotype}"])
     result = train(cfg, resume=bool(args.resume))
     print(f"run directory: {result.run_dir}")
     print(f"held-out accuracy: {result.test_acc:.2f}% ({result.params / 1e6:.2f}M parameters)")

@@ -128,7 +128,7 @@ def _apply(obj, updates: dict[str, Any], prefix: str = "") -> None:
                 _apply(current, value, f"{full}.")
                 continue
             if key == "data":  # data=<name or path>
-                setattr(current, "name", str(value))
+                current.name = str(value)
                 continue
             raise ValueError(f"config key {full!r} is a section; set its fields as {full}.<field>=...")
         if key == "method_options" and isinstance(value, dict):

@@ -22,8 +22,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from fastdarts.functional import (check_backend_name, gated_mixed_sum, mixed_sum, partial_channel_combine,
-                                  resolve_backend)
+from fastdarts.functional import (
+    check_backend_name,
+    gated_mixed_sum,
+    mixed_sum,
+    partial_channel_combine,
+    resolve_backend,
+)
 from fastdarts.ops import DARTS_PRIMITIVES, Zero, check_primitives, make_search_op, relu_tail
 
 

@@ -202,7 +202,10 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
         model.train()
         data.train.set_epoch(epoch)
         sums = {"loss": 0.0, "arch_loss": 0.0, "correct": 0, "count": 0, "steps": 0, "arch_steps": 0}
-        valid_iter = data.valid.random_batches(epoch) if method.valid_sampling == "random" else iter(data.valid.iterate(epoch))
+        if method.valid_sampling == "random":
+            valid_iter = data.valid.random_batches(epoch)
+        else:
+            valid_iter = iter(data.valid.iterate(epoch))
         bar = tqdm(data.train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
         for step, (xt, yt) in enumerate(bar):
             try:

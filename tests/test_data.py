@@ -19,15 +19,6 @@ from fastdarts.data import (
 from fastdarts.data import _random_crop as random_crop
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # batches here are tiny; intra-op threads only add overhead (and stalls on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return build_search_data(DataConfig(batch_size=32), seed=0)

@@ -24,14 +24,6 @@ from fastdarts.ops import DARTS_PRIMITIVES  # noqa: E402
 E, K = 14, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI machine is shared: one intra-op thread avoids oversubscription (10x slower otherwise).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _within(p_hat, p, n, sigmas=4.0):
     """|p̂ − p| ≤ 4·sqrt(p(1−p)/n) (+ a tiny floor for p ≈ 0 or 1)."""

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fastdarts
+from fastdarts.gates import PartialChannelMixing
 from fastdarts.genotype import (
     Genotype,
     NB201Genotype,
@@ -18,21 +19,12 @@ from fastdarts.genotype import (
 )
 from fastdarts.ops import DARTS_PRIMITIVES, NB201_PRIMITIVES
 from fastdarts.spaces.darts import DartsSupernet
-from fastdarts.gates import PartialChannelMixing
 
 PRIMS = list(DARTS_PRIMITIVES)
 E = 14
 K = len(PRIMS)
 IDX = {p: i for i, p in enumerate(PRIMS)}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, loaded CPU OpenMP's spinning threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _edges(node):

@@ -20,14 +20,6 @@ from fastdarts.methods.pcdarts import PCDarts
 BN = nn.modules.batchnorm._BatchNorm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, loaded CPU OpenMP's spinning threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _batch(seed, n=4, size=8, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)

@@ -17,14 +17,6 @@ from fastdarts.methods.prdarts import PRDarts, chain_edges, prdarts_regularizer
 from fastdarts.ops import DARTS_PRIMITIVES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machine: avoid oversubscription
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch(seed, n=4):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)

@@ -23,13 +23,6 @@ from fastdarts.optim import ExponentiatedGradient
 SMALL_DARTS_OPS = ("max_pool_3x3", "skip_connect", "sep_conv_3x3")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _batch(seed, n=4, size=8, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)

@@ -16,16 +16,6 @@ import torch
 import fastdarts
 from fastdarts import _ext
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: intra-op threads only add synchronisation, which is very slow on a busy
-    # shared CPU. Restore the previous setting for the other test files.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 HAS_CPP = _ext.cpp_available()
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 

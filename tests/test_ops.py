@@ -15,16 +15,6 @@ import torch.nn as nn
 import fastdarts
 from fastdarts import ops as fops
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: intra-op threads only add synchronisation, which is very slow on a busy
-    # shared CPU. Restore the previous setting for the other test files.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 DARTS_PRIMS = list(ref.PRIMITIVES)
 NB201_ONLY = ["nor_conv_1x1", "nor_conv_3x3"]
 # Primitives with a quark0 counterpart in reference_darts.OPS (the 8 DARTS ones and the extras).

@@ -25,14 +25,6 @@ TINY = ["C=4", "layers=3", "data.batch_size=16", f"data.subset={SUBSET}", f"data
         "data.image_size=8"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, loaded CPU OpenMP's spinning threads are many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _cfg(run_dir, method="darts", epochs=2, space="darts", layers=3, **optim):
     return SearchConfig(method=method, space=space, epochs=epochs, C=4, layers=layers, run_dir=str(run_dir),
@@ -73,7 +65,6 @@ def unbroken(tmp_path_factory):
     out = {}
     for method, optim in _CFG.items():
         run_dir = tmp_path_factory.mktemp(f"{method}_a")
-        torch.set_num_threads(1)
         out[method] = (fastdarts.search(_cfg(run_dir, method, **optim)), str(run_dir))
     return out
 

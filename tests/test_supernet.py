@@ -15,17 +15,6 @@ import torch.nn as nn
 
 import fastdarts
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: intra-op threads only add synchronisation, which is very slow on a busy
-    # shared CPU. Restore the previous setting for the other test files.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 # (method, C, reference class, architecture tensor names in the original order)
 METHODS = {
     "darts": (4, ref.Network, ["alphas_normal", "alphas_reduce"]),

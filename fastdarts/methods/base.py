@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from fastdarts.gates import Mixing
 
+
 class SearchMethod:
     """First-order DARTS (quark0/darts ``train_search.py`` without ``--unrolled``).
 

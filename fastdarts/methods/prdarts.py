@@ -6,7 +6,6 @@ Also home of :class:`SampledGateMethod`, the small base shared by the sampled-ga
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
