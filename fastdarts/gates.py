@@ -341,7 +341,32 @@ def select_topk_gates(z: torch.Tensor, drop: torch.Tensor, perm: torch.Tensor, k
     return torch.zeros_like(z).scatter_(1, chosen, 1.0)
 
 
-class HardConcreteMixing(SampledMixing):
+class TemperedMixing(SampledMixing):
+    """A sampler with a temperature τ (annealed per epoch by its method) that ranks ops by softmax(α)."""
+
+    genotype_rule = "topk_pairs"
+
+    def __init__(self, tau: float, seed: int | None = None, sampler: str = "auto"):
+        super().__init__(seed, sampler)
+        self.set_temperature(tau)
+
+    def set_temperature(self, tau: float) -> None:
+        if not tau > 0:
+            raise ValueError(f"temperature must be > 0, got {tau}")
+        self.tau = float(tau)
+
+    def genotype_weights(self, alpha, beta, steps):
+        return F.softmax(alpha, dim=-1)
+
+    def state_dict(self):
+        return {**super().state_dict(), "tau": self.tau}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.tau = float(state["tau"])
+
+
+class HardConcreteMixing(TemperedMixing):
     """PR-DARTS group-structured sparse binary gates (salesforce/PR-DARTS, ALGORITHMS.md §4).
 
     Per forward and cell type, for every (edge, op): ``u ~ U(0,1)``,
@@ -356,19 +381,12 @@ class HardConcreteMixing(SampledMixing):
         seed, sampler: see :class:`SampledMixing`.
     """
 
-    genotype_rule = "topk_pairs"
-
     def __init__(self, k: int = 2, dropout: float = 0.4, tau: float = 1.0, seed: int | None = None,
                  sampler: str = "auto"):
-        super().__init__(seed, sampler)
+        super().__init__(tau, seed, sampler)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        self.k, self.dropout, self.tau = int(k), float(dropout), float(tau)
-
-    def set_temperature(self, tau: float) -> None:
-        if not tau > 0:
-            raise ValueError(f"temperature must be > 0, got {tau}")
-        self.tau = float(tau)
+        self.k, self.dropout = int(k), float(dropout)
 
     def sample(self, alpha, steps, stream, use_triton):
         E, K = alpha.shape
@@ -390,16 +408,6 @@ class HardConcreteMixing(SampledMixing):
         m = select_topk_gates(z, drop, torch.argsort(u_perm), self.k)
         h = m - z.detach() + z
         return GateSample(keep=m > 0, weights=h, z=z, tau=self.tau)
-
-    def genotype_weights(self, alpha, beta, steps):
-        return F.softmax(alpha, dim=-1)
-
-    def state_dict(self):
-        return {**super().state_dict(), "tau": self.tau}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.tau = float(state["tau"])
 
 
 # ---------------------------------------------------------------------------- DropNAS
@@ -491,7 +499,7 @@ class DropNASMixing(SampledMixing):
 # ---------------------------------------------------------------------------- GDAS
 
 
-class GumbelMixing(SampledMixing):
+class GumbelMixing(TemperedMixing):
     """GDAS Gumbel-softmax hard sampling (D-X-Y/AutoDL-Projects, ALGORITHMS.md §8).
 
     ``logits = (log_softmax(α) + G)/τ``, ``p = softmax(logits)``, ``idx = argmax p``,
@@ -504,16 +512,10 @@ class GumbelMixing(SampledMixing):
         seed, sampler: see :class:`SampledMixing`.
     """
 
-    genotype_rule = "topk_pairs"  # DARTS space; the NAS-Bench-201 supernet always takes the arg-max
+    # genotype_rule "topk_pairs" on the DARTS space; the NAS-Bench-201 supernet always takes the arg-max.
 
     def __init__(self, tau: float = 10.0, seed: int | None = None, sampler: str = "auto"):
-        super().__init__(seed, sampler)
-        self.tau = float(tau)
-
-    def set_temperature(self, tau: float) -> None:
-        if not tau > 0:
-            raise ValueError(f"temperature must be > 0, got {tau}")
-        self.tau = float(tau)
+        super().__init__(tau, seed, sampler)
 
     def sample(self, alpha, steps, stream, use_triton):
         E, K = alpha.shape
@@ -535,13 +537,3 @@ class GumbelMixing(SampledMixing):
 
     def edge_bias(self, sample):
         return (sample.weights * (~sample.keep)).sum(-1)
-
-    def genotype_weights(self, alpha, beta, steps):
-        return F.softmax(alpha, dim=-1)
-
-    def state_dict(self):
-        return {**super().state_dict(), "tau": self.tau}
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.tau = float(state["tau"])
