@@ -263,13 +263,15 @@ def bench_search(device: torch.device, quick: bool = False, methods=None) -> lis
                 min(GPU_BUDGET_BYTES, torch.cuda.get_device_properties(device).total_memory),
             ))
             model = runner = None  # free this variant before building the next
-    # step time relative to DARTS with the same backend and size, for the method-cost table
-    base = {(r["C"], r["layers"], r["batch"], r["space"], r["backend"]): r["step_ms"]
-            for r in records if r.get("method") == "darts" and "step_ms" in r}
-    for r in records:
-        if "step_ms" in r:
-            b = base.get((r["C"], r["layers"], r["batch"], r["space"], r["backend"]))
-            r["time_vs_darts"] = r["step_ms"] / b if b else None
+    # step time relative to (a) the same method on the eager backend and (b) DARTS on the same backend
+    timed = [r for r in records if "step_ms" in r]
+    size = lambda r: (r["C"], r["layers"], r["batch"], r["space"])  # noqa: E731
+    eager = {(r["method"], *size(r)): r["step_ms"] for r in timed if r["backend"] == "eager"}
+    darts = {(r["backend"], *size(r)): r["step_ms"] for r in timed if r["method"] == "darts"}
+    for r in timed:
+        e, d = eager.get((r["method"], *size(r))), darts.get((r["backend"], *size(r)))
+        r["time_vs_eager"] = r["step_ms"] / e if e else None
+        r["time_vs_darts"] = r["step_ms"] / d if d and r["method"] != "darts" else None
     return records
 
 
@@ -300,16 +302,17 @@ def markdown_tables(result: dict) -> str:
         lines.append("")
     srch = [r for r in result["records"] if "step_ms" in r]
     if srch:
-        lines += ["| method | space | backend | C/cells/batch/px | step ms | time vs DARTS | peak (CUDA) | "
-                  "forward saved (CPU) | memory vs eager DARTS | largest batch in budget |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| method | space | backend | C/cells/batch/px | step ms | time vs eager | time vs DARTS | "
+                  "peak (CUDA) | forward saved (CPU) | memory vs eager DARTS | largest batch in budget |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        ratio = lambda v: "–" if v is None else f"{v:.2f}×"  # noqa: E731
         for r in srch:
-            ratio = "–" if r["ratio_vs_eager"] is None else f"{100 * r['ratio_vs_eager']:.1f} %"
-            tvd = "–" if r.get("time_vs_darts") is None else f"{r['time_vs_darts']:.2f}×"
+            mem = "–" if r["ratio_vs_eager"] is None else f"{100 * r['ratio_vs_eager']:.1f} %"
             budget = f"{r['max_batch']:,} @ {r['max_batch_budget_bytes'] / 2**30:.0f} GiB"
             lines.append(f"| {r['method']} | {r['space']} | {r['backend']} | {r['C']}/{r['layers']}/{r['batch']}/"
-                         f"{r['image_size']} | {r['step_ms']:.0f} | {tvd} | {_fmt_bytes(r['peak_bytes'])} | "
-                         f"{_fmt_bytes(r['saved_bytes'])} | {ratio} | {budget} |")
+                         f"{r['image_size']} | {r['step_ms']:.0f} | {ratio(r.get('time_vs_eager'))} | "
+                         f"{ratio(r.get('time_vs_darts'))} | {_fmt_bytes(r['peak_bytes'])} | "
+                         f"{_fmt_bytes(r['saved_bytes'])} | {mem} | {budget} |")
         lines.append("")
     skipped = [r for r in result["records"] if "skipped" in r]
     if skipped:

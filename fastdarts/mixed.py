@@ -15,12 +15,9 @@ recomputes the op outputs in backward, with BatchNorm running statistics updated
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from fastdarts.functional import (
     check_backend_name,
@@ -30,34 +27,7 @@ from fastdarts.functional import (
     resolve_backend,
 )
 from fastdarts.ops import DARTS_PRIMITIVES, Zero, check_primitives, make_search_op, relu_tail
-
-
-@contextlib.contextmanager
-def bn_stats_restored(module: nn.Module):
-    """Undo BatchNorm running-statistic updates made inside the block (used while recomputing)."""
-    bns = [m for m in module.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for m, (mean, var, count) in zip(bns, saved):
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)
-
-
-def recompute_forward(module: nn.Module, fn, *args):
-    """Run ``fn(*args)`` keeping only its inputs for backward, where it is run again.
-
-    The RNG state is replayed (noise ops, dropout and samplers give the same values) and
-    the BatchNorm running statistics of ``module`` change only in the first, real forward.
-    """
-    if not torch.is_grad_enabled():
-        return fn(*args)
-    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=True,
-                      context_fn=lambda: (contextlib.nullcontext(), bn_stats_restored(module)))
+from fastdarts.recompute import recompute_forward
 
 
 def _common_dtype(outs: list[torch.Tensor]) -> list[torch.Tensor]:

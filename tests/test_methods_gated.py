@@ -165,10 +165,11 @@ def test_two_steps_recompute_is_identical(name, space):
         _run(model, m)
         results.append((model, m))
     (a, ma), (b, mb) = results
+    # Recompute sums the gradients reaching a cell's inputs in another order: equal up to float rounding.
     for p, q in zip(a.arch_parameters(), b.arch_parameters()):
-        assert torch.equal(p, q)
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(p, q), k
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=k)
     assert a.genotype() == b.genotype()
     assert ma.state_dict()["mixing"] == mb.state_dict()["mixing"]
     for p, p0 in zip(a.arch_parameters(), _make(name, space, **hyper)[0].arch_parameters()):

@@ -376,7 +376,9 @@ def test_two_steps_with_and_without_recompute(space, name, layers, opts):
         assert set(a) == set(b)
         for k in a:
             assert torch.isfinite(a[k]).all()
-            torch.testing.assert_close(a[k], b[k])
+            # Recompute sums gradients at the cell inputs in another order; the cosine between the
+            # small per-cell gradients (grad_corr) amplifies that rounding to ~2e-4 relative.
+            torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)
     for p, q in zip(plain.arch_parameters(), rec.arch_parameters()):
         torch.testing.assert_close(p, q)
     for p, q in zip(_weights(plain), _weights(rec)):

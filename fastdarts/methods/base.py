@@ -8,6 +8,7 @@ iteration does. The search loop (:mod:`fastdarts.search`) only calls
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -16,6 +17,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fastdarts.gates import Mixing
+
+
+@contextlib.contextmanager
+def requires_grad_disabled(params: list[torch.Tensor]):
+    """Temporarily mark ``params`` as not requiring gradients."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
 
 
 class SearchMethod:
@@ -127,9 +141,11 @@ class SearchMethod:
 
     def arch_step(self, train_batch, valid_batch) -> dict[str, torch.Tensor]:
         x, y = valid_batch
-        loss = self.arch_loss(x, y)
-        # Only α needs gradients: autograd.grad skips every weight-gradient computation.
-        self.set_arch_grads(torch.autograd.grad(loss, self.arch, allow_unused=True))
+        # Only α needs gradients: with the weights marked as not requiring grad, no weight-gradient
+        # work is done (recomputed cells included, which otherwise see every parameter as an input).
+        with requires_grad_disabled(self.weights):
+            loss = self.arch_loss(x, y)
+            self.set_arch_grads(torch.autograd.grad(loss, self.arch, allow_unused=True))
         self.a_optim.step()
         return {"arch_loss": loss.detach()}
 

@@ -7,7 +7,7 @@ import contextlib
 import torch
 
 from fastdarts.methods.base import SearchMethod
-from fastdarts.mixed import bn_stats_restored
+from fastdarts.recompute import bn_stats_restored
 
 
 class Darts(SearchMethod):

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from fastdarts.functional import mixed_sum, resolve_backend
 from fastdarts.gates import Mixing
 from fastdarts.genotype import Genotype, derive_darts_cell, derive_topk_pairs_cell
-from fastdarts.mixed import MixedOp, PartialMixedOp, recompute_forward
+from fastdarts.mixed import MixedOp, PartialMixedOp
 from fastdarts.ops import DARTS_PRIMITIVES, OPS, FactorizedReduce, Identity, ReLUConvBN
+from fastdarts.recompute import recompute_forward
 from fastdarts.spaces.common import ArchMixin
 
 NUM_EDGES = 14  # 2 + 3 + 4 + 5 incoming edges of the 4 intermediate nodes

@@ -21,8 +21,9 @@ import torch.nn as nn
 
 from fastdarts.gates import Mixing
 from fastdarts.genotype import NB201Genotype, derive_nb201
-from fastdarts.mixed import MixedOp, recompute_forward
+from fastdarts.mixed import MixedOp
 from fastdarts.ops import NB201_PRIMITIVES, OPS, ReLUConvBN, check_primitives, make_search_op
+from fastdarts.recompute import recompute_forward
 from fastdarts.spaces.common import ArchMixin
 
 MAX_NODES = 4  # node 0 is the cell input
