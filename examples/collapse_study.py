@@ -33,13 +33,13 @@ def parameter_free_fraction(genotype) -> float:
     return sum(op in PARAMETER_FREE for op in ops) / len(ops)
 
 
-def run(methods, seeds, space, search_epochs, train_epochs, out) -> dict:
+def run(methods, seeds, space, search_epochs, train_epochs, out, C: int = 4) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             for seed in seeds:
                 t0 = time.time()
-                cfg = SearchConfig(method=method, space=space, epochs=search_epochs, seed=seed, C=8, layers=5,
+                cfg = SearchConfig(method=method, space=space, epochs=search_epochs, seed=seed, C=C, layers=5,
                                    data=DataConfig(name="digits", batch_size=64, image_size=8),
                                    run_dir=os.path.join(tmp, f"search-{method}-{seed}"))
                 result = search(cfg)
@@ -63,7 +63,7 @@ def run(methods, seeds, space, search_epochs, train_epochs, out) -> dict:
             derived_acc_std=statistics.pstdev(r["derived_acc"] for r in rs),
             supernet_acc_mean=statistics.mean(r["supernet_acc"] for r in rs),
         )
-    result = dict(space=space, search_epochs=search_epochs, train_epochs=train_epochs, seeds=list(seeds),
+    result = dict(space=space, C=C, search_epochs=search_epochs, train_epochs=train_epochs, seeds=list(seeds),
                   date=time.strftime("%Y-%m-%d"), rows=rows, summary=summary)
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"collapse-{time.strftime('%Y%m%d')}")
@@ -76,7 +76,7 @@ def run(methods, seeds, space, search_epochs, train_epochs, out) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Space `{result['space']}`, digits 8×8, C=8, 5 cells, {result['search_epochs']} search epochs, "
+    lines = [f"Space `{result['space']}`, digits 8×8, supernet C={result['C']}, 5 cells, {result['search_epochs']} search epochs, "
              f"derived network trained {result['train_epochs']} epochs, seeds {result['seeds']}.", "",
              "| method | parameter-free ops in normal cell | derived net held-out acc (%) | supernet acc (%) |",
              "|---|---|---|---|"]
@@ -111,11 +111,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["darts", "prdarts", "lambda_darts", "dropnas", "gaea"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--space", default="darts")
-    parser.add_argument("--search-epochs", type=int, default=20)
+    parser.add_argument("--search-epochs", type=int, default=15)
     parser.add_argument("--train-epochs", type=int, default=10)
+    parser.add_argument("--C", type=int, default=4, help="supernet width (the derived network uses C=8)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     args = parser.parse_args()
-    run(args.methods, args.seeds, args.space, args.search_epochs, args.train_epochs, args.out)
+    run(args.methods, args.seeds, args.space, args.search_epochs, args.train_epochs, args.out, args.C)
 
 
 if __name__ == "__main__":

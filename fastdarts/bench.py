@@ -263,16 +263,23 @@ def bench_search(device: torch.device, quick: bool = False, methods=None) -> lis
                 min(GPU_BUDGET_BYTES, torch.cuda.get_device_properties(device).total_memory),
             ))
             model = runner = None  # free this variant before building the next
-    # step time relative to (a) the same method on the eager backend and (b) DARTS on the same backend
+    add_relative_fields(records)
+    return records
+
+
+def add_relative_fields(records: list[dict]) -> None:
+    """Step time relative to the same method on the eager backend, and time and memory relative to
+    DARTS on the same backend and size (the method-cost table)."""
     timed = [r for r in records if "step_ms" in r]
     size = lambda r: (r["C"], r["layers"], r["batch"], r["space"])  # noqa: E731
     eager = {(r["method"], *size(r)): r["step_ms"] for r in timed if r["backend"] == "eager"}
-    darts = {(r["backend"], *size(r)): r["step_ms"] for r in timed if r["method"] == "darts"}
+    darts = {(r["backend"], *size(r)): r for r in timed if r["method"] == "darts"}
+    memory = lambda r: r["peak_bytes"] if r["peak_bytes"] is not None else r["saved_bytes"]  # noqa: E731
     for r in timed:
         e, d = eager.get((r["method"], *size(r))), darts.get((r["backend"], *size(r)))
         r["time_vs_eager"] = r["step_ms"] / e if e else None
-        r["time_vs_darts"] = r["step_ms"] / d if d and r["method"] != "darts" else None
-    return records
+        r["time_vs_darts"] = r["step_ms"] / d["step_ms"] if d and r["method"] != "darts" else None
+        r["memory_vs_darts"] = memory(r) / memory(d) if d and r["method"] != "darts" else None
 
 
 # ------------------------------------------------------------------------------------- reports
@@ -303,8 +310,9 @@ def markdown_tables(result: dict) -> str:
     srch = [r for r in result["records"] if "step_ms" in r]
     if srch:
         lines += ["| method | space | backend | C/cells/batch/px | step ms | time vs eager | time vs DARTS | "
-                  "peak (CUDA) | forward saved (CPU) | memory vs eager DARTS | largest batch in budget |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "peak (CUDA) | forward saved (CPU) | memory vs eager DARTS | memory vs DARTS | "
+                  "largest batch in budget |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         ratio = lambda v: "–" if v is None else f"{v:.2f}×"  # noqa: E731
         for r in srch:
             mem = "–" if r["ratio_vs_eager"] is None else f"{100 * r['ratio_vs_eager']:.1f} %"
@@ -312,7 +320,7 @@ def markdown_tables(result: dict) -> str:
             lines.append(f"| {r['method']} | {r['space']} | {r['backend']} | {r['C']}/{r['layers']}/{r['batch']}/"
                          f"{r['image_size']} | {r['step_ms']:.0f} | {ratio(r.get('time_vs_eager'))} | "
                          f"{ratio(r.get('time_vs_darts'))} | {_fmt_bytes(r['peak_bytes'])} | "
-                         f"{_fmt_bytes(r['saved_bytes'])} | {mem} | {budget} |")
+                         f"{_fmt_bytes(r['saved_bytes'])} | {mem} | {ratio(r.get('memory_vs_darts'))} | {budget} |")
         lines.append("")
     skipped = [r for r in result["records"] if "skipped" in r]
     if skipped:
