@@ -34,37 +34,45 @@ def parameter_free_fraction(genotype) -> float:
 
 
 def run(methods, seeds, space, search_epochs, train_epochs, out, C: int = 4) -> dict:
+    """Search + retrain for every (seed, method); results are rewritten after each run."""
     rows = []
+    result = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for method in methods:
-            for seed in seeds:
+        for seed in seeds:  # seed-major: a study cut short still compares every method
+            for method in methods:
                 t0 = time.time()
                 cfg = SearchConfig(method=method, space=space, epochs=search_epochs, seed=seed, C=C, layers=5,
                                    data=DataConfig(name="digits", batch_size=64, image_size=8),
                                    run_dir=os.path.join(tmp, f"search-{method}-{seed}"))
-                result = search(cfg)
-                geno_path = os.path.join(result.run_dir, "genotype.json")
-                tcfg = TrainConfig(genotype=geno_path, epochs=train_epochs, C=8, layers=5, seed=seed, auxiliary=False,
-                                   drop_path_prob=0.0, data=DataConfig(name="digits", batch_size=64, image_size=8),
+                found = search(cfg)
+                tcfg = TrainConfig(genotype=os.path.join(found.run_dir, "genotype.json"), epochs=train_epochs, C=8,
+                                   layers=5, seed=seed, auxiliary=False, drop_path_prob=0.0,
+                                   data=DataConfig(name="digits", batch_size=64, image_size=8),
                                    run_dir=os.path.join(tmp, f"train-{method}-{seed}"))
                 trained = train(tcfg)
                 rows.append(dict(method=method, seed=seed, space=space,
-                                 param_free_fraction=parameter_free_fraction(result.genotype),
-                                 normal=[list(x) for x in result.genotype.normal],
-                                 supernet_acc=result.test_acc, derived_acc=trained.test_acc,
+                                 param_free_fraction=parameter_free_fraction(found.genotype),
+                                 normal=[list(x) for x in found.genotype.normal],
+                                 supernet_acc=found.test_acc, derived_acc=trained.test_acc,
                                  seconds=time.time() - t0))
-                print(rows[-1])
+                result = write(rows, space, C, search_epochs, train_epochs, out)
+    return result
+
+
+def write(rows, space, C, search_epochs, train_epochs, out) -> dict:
     summary = {}
-    for method in methods:
+    for method in dict.fromkeys(r["method"] for r in rows):
         rs = [r for r in rows if r["method"] == method]
         summary[method] = dict(
+            runs=len(rs),
             param_free_mean=statistics.mean(r["param_free_fraction"] for r in rs),
             derived_acc_mean=statistics.mean(r["derived_acc"] for r in rs),
             derived_acc_std=statistics.pstdev(r["derived_acc"] for r in rs),
             supernet_acc_mean=statistics.mean(r["supernet_acc"] for r in rs),
         )
-    result = dict(space=space, C=C, search_epochs=search_epochs, train_epochs=train_epochs, seeds=list(seeds),
-                  date=time.strftime("%Y-%m-%d"), rows=rows, summary=summary)
+    result = dict(space=space, C=C, search_epochs=search_epochs, train_epochs=train_epochs,
+                  seeds=sorted({r["seed"] for r in rows}), date=time.strftime("%Y-%m-%d"), rows=rows,
+                  summary=summary)
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, f"collapse-{time.strftime('%Y%m%d')}")
     with open(stem + ".json", "w") as f:
@@ -76,12 +84,13 @@ def run(methods, seeds, space, search_epochs, train_epochs, out, C: int = 4) -> 
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Space `{result['space']}`, digits 8×8, supernet C={result['C']}, 5 cells, {result['search_epochs']} search epochs, "
-             f"derived network trained {result['train_epochs']} epochs, seeds {result['seeds']}.", "",
-             "| method | parameter-free ops in normal cell | derived net held-out acc (%) | supernet acc (%) |",
-             "|---|---|---|---|"]
+    lines = [f"Space `{result['space']}`, digits 8×8, supernet C={result['C']}, 5 cells, "
+             f"{result['search_epochs']} search epochs, derived network (C=8) trained {result['train_epochs']} "
+             f"epochs, seeds {result['seeds']}.", "",
+             "| method | runs | parameter-free ops in normal cell | derived net held-out acc (%) | supernet acc (%) |",
+             "|---|---|---|---|---|"]
     for m, s in result["summary"].items():
-        lines.append(f"| {m} | {100 * s['param_free_mean']:.0f} % | {s['derived_acc_mean']:.1f} ± "
+        lines.append(f"| {m} | {s['runs']} | {100 * s['param_free_mean']:.0f} % | {s['derived_acc_mean']:.1f} ± "
                      f"{s['derived_acc_std']:.1f} | {s['supernet_acc_mean']:.1f} |")
     return "\n".join(lines) + "\n"
 

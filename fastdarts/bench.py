@@ -370,8 +370,10 @@ def update_readme(results_dir: str, readme: str) -> bool:
     blocks = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         with open(path) as f:
-            blocks.append(f"From `{os.path.relpath(path, os.path.dirname(readme) or '.')}`:\n\n"
-                          + markdown_tables(json.load(f)))
+            result = json.load(f)
+        if "records" not in result:  # other studies (e.g. examples/collapse_study.py) keep their own tables
+            continue
+        blocks.append(f"From `{os.path.relpath(path, os.path.dirname(readme) or '.')}`:\n\n" + markdown_tables(result))
     body = "\n".join(blocks) if blocks else "No benchmark results committed yet."
     pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
     text = pattern.sub(lambda _: f"{README_START}\n{body}\n{README_END}", text)
