@@ -51,7 +51,7 @@ def _why_unavailable(backend: str, device_type: str) -> str | None:
     if backend == "cpp":
         if device_type != "cpu":
             return f"the C++ backend runs on CPU tensors, got a {device_type} tensor"
-        return None if _ext.cpp_available() else "the extension fastdarts._C is not built"
+        return None if _ext.cpp_available() else f"the extension fastdarts._C could not be loaded ({_ext.load_error()})"
     if backend == "cuda":
         if device_type != "cuda":
             return f"the CUDA backend needs CUDA tensors, got a {device_type} tensor"

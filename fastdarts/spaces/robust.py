@@ -8,7 +8,7 @@ list is the α column order of the original code. S5 is the full DARTS space (``
 
 from __future__ import annotations
 
-NUM_EDGES = 14
+from fastdarts.spaces.darts import NUM_EDGES
 
 _SHORT = {
     "skip": "skip_connect",
