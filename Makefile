@@ -10,7 +10,7 @@ TRITON_SPEC ?= triton==3.6.0
 STAMP  := $(VENV)/.fastdarts-installed
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 
-.PHONY: search test bench bench-pytest checkstyle cuda-compile clean
+.PHONY: search test test-threads bench bench-pytest checkstyle cuda-compile clean
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ search: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The suite with 1 and 2 intra-op threads, then torch's own default (OMP_NUM_THREADS unset, no pin):
+# results must not depend on the thread count (tests/conftest.py reads FASTDARTS_TEST_THREADS).
+test-threads: $(STAMP)
+	FASTDARTS_TEST_THREADS=1 $(PY) -m pytest -q tests
+	FASTDARTS_TEST_THREADS=2 $(PY) -m pytest -q tests
+	env -u OMP_NUM_THREADS FASTDARTS_TEST_THREADS=default $(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(VENV)/bin/fastdarts bench all
