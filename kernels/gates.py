@@ -18,6 +18,7 @@ These launches are latency-bound; their point is one launch per cell type and no
 Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU tensors.
 """
 
+import contextlib
 import os
 
 import torch
@@ -43,6 +44,12 @@ EPS = 1e-6
 NOISE_UNIFORM = 0  # out = u
 NOISE_GUMBEL = 1  # out = -log(-log(u))
 NOISE_LOGISTIC = 2  # out = log(u) - log(1 - u)
+
+
+def _on_device(device: torch.device):
+    """Triton launches on the *current* CUDA device: make it the tensors' one (a ``cuda:1`` tensor
+    would otherwise be launched on device 0)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _block(n: int) -> int:
@@ -142,9 +149,10 @@ def hard_concrete_fwd(logits: Tensor, tau: float, seed: int = 0, offset: int = 0
     if u is not None and uu.numel() != n:
         raise ValueError(f"u has {uu.numel()} entries, logits {n}")
     block = _block(n)
-    _hard_concrete_fwd_kernel[(triton.cdiv(n, block),)](
-        a, uu, z, dz, n, 1.0 / float(tau), seed, offset,
-        LIMIT_A=limit_a, LIMIT_B=limit_b, HAS_U=u is not None, EPS_=EPS, BLOCK=block)
+    with _on_device(a.device):
+        _hard_concrete_fwd_kernel[(triton.cdiv(n, block),)](
+            a, uu, z, dz, n, 1.0 / float(tau), seed, offset,
+            LIMIT_A=limit_a, LIMIT_B=limit_b, HAS_U=u is not None, EPS_=EPS, BLOCK=block)
     return z, dz
 
 
@@ -180,6 +188,7 @@ def gate_noise_triton(n: int, device, mode: int = NOISE_UNIFORM, seed: int = 0, 
     if u is not None and uu.numel() != n:
         raise ValueError(f"u has {uu.numel()} entries, expected {n}")
     block = _block(n)
-    _gate_noise_kernel[(triton.cdiv(n, block),)](uu, out, n, seed, offset, MODE=mode, HAS_U=u is not None,
-                                                 EPS_=EPS, BLOCK=block)
+    with _on_device(out.device):
+        _gate_noise_kernel[(triton.cdiv(n, block),)](uu, out, n, seed, offset, MODE=mode, HAS_U=u is not None,
+                                                     EPS_=EPS, BLOCK=block)
     return out

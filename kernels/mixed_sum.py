@@ -1,7 +1,7 @@
 """Fused DARTS mixed sum ``y = sum_k w_k * x_k`` in Triton (forward and backward).
 
 Layers, top-down (the order of flash-attn's ``layer_norm.py``): eager reference
-``mixed_sum_ref`` -> autotune configs -> ``@triton.jit`` kernels -> host launchers
+``mixed_sum_ref`` -> fixed launch configs -> ``@triton.jit`` kernels -> host launchers
 ``mixed_sum_fwd`` / ``mixed_sum_bwd`` -> registered ops ``fastdarts::mixed_sum_triton`` and
 ``fastdarts::mixed_sum_triton_backward`` (``custom_op`` + ``register_fake``, autograd on the
 forward op) -> public ``mixed_sum_triton``.
@@ -12,17 +12,19 @@ Bytes moved (s = activation element size, n = numel of one candidate, K candidat
   chunk of 8 for the fp32 running sum);
 * backward reads ``(K+1)*n*s`` (grad and every x_k; only the grad when the weights need no
   grad) and writes ``K'*n*s`` (K' = candidates needing a grad), plus the small fp32 partial
-  buffer ``cdiv(n, BLOCK) * K * 4`` bytes.
+  buffer ``P * K * 4`` bytes (P <= 1024 programs of the persistent backward).
 
 ``mixed_sum_bytes`` evaluates these formulas for benchmarks.
 
-Numerics: products and sums are accumulated in fp32 and rounded once on store; the weight
-gradient is reduced per block into ``partial[block, k]`` (no atomics) and summed on the host
-with ``partial.sum(0)``, so it is bit-identical from run to run.
+Numerics: products and sums are accumulated in fp32 and rounded once on store. The backward is
+persistent: program p accumulates ``g * x_k`` elementwise over its tiles and reduces once into
+``partial[p, k]`` (no atomics, no zero-fill); ``partial.sum(0)`` finishes on the device. The
+launch configuration is fixed per (dtype, candidates per launch), never autotuned, so the
+reduction order (hence grad_w, bit for bit) is the same in every process, and no benchmark or
+synchronisation runs inside a CUDA-graph capture.
 
 Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU
-tensors; there the autotuner gets exactly one config, since several fail with
-"0 active drivers" on a CPU-only machine.
+tensors, with a small BLOCK and at most 3 programs (see ``kernel_config``).
 """
 
 import contextlib
@@ -39,6 +41,7 @@ __all__ = [
     "mixed_sum_bwd",
     "mixed_sum_triton",
     "mixed_sum_bytes",
+    "kernel_config",
     "MAX_CANDIDATES_PER_LAUNCH",
 ]
 
@@ -69,41 +72,65 @@ def mixed_sum_ref(xs, weights: Tensor, upcast: bool = True) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. Autotune configs
+# 2. Fixed launch configurations
 # ----------------------------------------------------------------------------------------------
-def _configs():
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        # Interpreter: exactly one config (several fail with "0 active drivers" on CPU). BLOCK is
-        # small so that the tiny test shapes span several programs: that exercises the tail mask
-        # and the cross-block reduction of the weight gradient.
-        return [triton.Config({"BLOCK": 256}, num_warps=4)]
-    # Streaming elementwise kernel: a few block sizes / warp counts, all near the bandwidth limit.
-    # Not measured on this project's GPUs yet (no device was available when written).
-    return [
-        triton.Config({"BLOCK": 1024}, num_warps=4),
-        triton.Config({"BLOCK": 2048}, num_warps=4),
-        triton.Config({"BLOCK": 2048}, num_warps=8),
-        triton.Config({"BLOCK": 4096}, num_warps=8),
-    ]
+# No autotuning: an autotuner benchmarks (and synchronises) on the first call, which is illegal
+# inside CUDA-graph capture, and the config it picks can differ between processes, which changes
+# the backward's reduction order and so grad_w's last bits. Each (dtype, candidates per launch)
+# has one configuration instead; with it, the grid and every program's tile order depend only on
+# numel, so grad_w is bit-identical across runs and restarts. Choice (not yet measured on a GPU,
+# benchmarks/gpu_check.sh stage 5 reports it): 32 bytes per thread per tensor (two 16-byte vectors)
+# with 4 warps; K > 4 uses 8 warps of one vector each (the same BLOCK; fewer live registers per
+# thread, more warps to hide latency).
+# Interpreter: a small BLOCK and at most 3 programs, so that the tests' small odd shapes span
+# several tiles per program, uneven tile counts per program and a masked tail.
+_INTERPRET_BLOCK = 256
+_INTERPRET_MAX_PROGRAMS = 3
+# Persistent backward grid cap: about 8 programs per SM on a 132-SM H100 / H200. A constant, not
+# the device's SM count, so that grad_w's reduction order does not depend on the GPU model.
+_MAX_PROGRAMS = 1024
 
 
-# The partial buffer of the backward is sized for the smallest BLOCK, so any config fits.
-_MIN_BLOCK = min(cfg.kwargs["BLOCK"] for cfg in _configs())
+def kernel_config(dtype: torch.dtype, k_chunk: int) -> tuple[int, int]:
+    """``(BLOCK, num_warps)`` of the kernels for activations of ``dtype`` and ``k_chunk`` (1..8) candidates."""
+    if _INTERPRET:
+        return _INTERPRET_BLOCK, 4
+    elem = torch.empty((), dtype=dtype).element_size()
+    return 4096 // elem, (4 if k_chunk <= 4 else 8)
+
+
+def backward_programs(numel: int, block: int) -> int:
+    """Number of programs of the persistent backward (rows of its partial-sum buffer)."""
+    cap = _INTERPRET_MAX_PROGRAMS if _INTERPRET else _MAX_PROGRAMS
+    return max(1, min(triton.cdiv(numel, block), cap))
 
 
 # ----------------------------------------------------------------------------------------------
 # 3./4. Kernels
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _fwd_term(acc, x_ptr, w_ptr, offs, mask):
-    w = tl.load(w_ptr).to(tl.float32)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    return acc + w * x
+def _load_f32(ptr, offs, mask, ON: tl.constexpr, BLOCK: tl.constexpr):
+    """``ptr[offs]`` as fp32 when ON (a compile-time switch), else zeros (folded away)."""
+    v = tl.zeros([BLOCK], dtype=tl.float32)
+    if ON:
+        v = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return v
 
 
-# restore_value: with ACCUMULATE the kernel reads what an earlier chunk wrote, so autotuning
-# (which runs the kernel several times) must restore the running sum after each trial.
-@triton.autotune(configs=_configs(), key=["K"], restore_value=["acc_ptr"])
+@triton.jit
+def _load_weight(w_ptr, ON: tl.constexpr):
+    w = 0.0
+    if ON:
+        w = tl.load(w_ptr).to(tl.float32)
+    return w
+
+
+@triton.jit
+def _store_scaled(dx_ptr, w, g, offs, mask, ON: tl.constexpr):
+    if ON:
+        tl.store(dx_ptr + offs, (w * g).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
 @triton.jit
 def _mixed_sum_fwd_kernel(
     x0_ptr,  # candidate 0 of this chunk, [numel] in storage order
@@ -126,43 +153,36 @@ def _mixed_sum_fwd_kernel(
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
-    if ACCUMULATE:
-        acc = tl.load(acc_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
     w_ptr = w_ptr + w_offset
-    acc = _fwd_term(acc, x0_ptr, w_ptr + 0, offs, mask)
+    # Every load is issued before the one store (the store may alias acc_ptr, never an x_k).
+    acc = _load_f32(acc_ptr, offs, mask, ACCUMULATE, BLOCK)
+    x0 = _load_f32(x0_ptr, offs, mask, True, BLOCK)
+    x1 = _load_f32(x1_ptr, offs, mask, K > 1, BLOCK)
+    x2 = _load_f32(x2_ptr, offs, mask, K > 2, BLOCK)
+    x3 = _load_f32(x3_ptr, offs, mask, K > 3, BLOCK)
+    x4 = _load_f32(x4_ptr, offs, mask, K > 4, BLOCK)
+    x5 = _load_f32(x5_ptr, offs, mask, K > 5, BLOCK)
+    x6 = _load_f32(x6_ptr, offs, mask, K > 6, BLOCK)
+    x7 = _load_f32(x7_ptr, offs, mask, K > 7, BLOCK)
+    # Summed in candidate order k = 0, 1, ... (the C++ kernels' and the reference's order).
+    acc += _load_weight(w_ptr + 0, True) * x0
     if K > 1:
-        acc = _fwd_term(acc, x1_ptr, w_ptr + 1, offs, mask)
+        acc += _load_weight(w_ptr + 1, True) * x1
     if K > 2:
-        acc = _fwd_term(acc, x2_ptr, w_ptr + 2, offs, mask)
+        acc += _load_weight(w_ptr + 2, True) * x2
     if K > 3:
-        acc = _fwd_term(acc, x3_ptr, w_ptr + 3, offs, mask)
+        acc += _load_weight(w_ptr + 3, True) * x3
     if K > 4:
-        acc = _fwd_term(acc, x4_ptr, w_ptr + 4, offs, mask)
+        acc += _load_weight(w_ptr + 4, True) * x4
     if K > 5:
-        acc = _fwd_term(acc, x5_ptr, w_ptr + 5, offs, mask)
+        acc += _load_weight(w_ptr + 5, True) * x5
     if K > 6:
-        acc = _fwd_term(acc, x6_ptr, w_ptr + 6, offs, mask)
+        acc += _load_weight(w_ptr + 6, True) * x6
     if K > 7:
-        acc = _fwd_term(acc, x7_ptr, w_ptr + 7, offs, mask)
+        acc += _load_weight(w_ptr + 7, True) * x7
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _bwd_term(g, x_ptr, dx_ptr, w_ptr, p_ptr, offs, mask, HAS_DX: tl.constexpr, HAS_DW: tl.constexpr):
-    if HAS_DX:
-        w = tl.load(w_ptr).to(tl.float32)
-        tl.store(dx_ptr + offs, (w * g).to(dx_ptr.dtype.element_ty), mask=mask)
-    if HAS_DW:
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(p_ptr, tl.sum(g * x, axis=0))
-
-
-# reset_to_zero: the partial buffer has rows for the smallest BLOCK; a config with a larger BLOCK
-# writes fewer rows, so rows left by earlier autotuning trials must be zeroed (the autotuner also
-# zeroes once more before the final launch).
-@triton.autotune(configs=_configs(), key=["K"], reset_to_zero=["partial_ptr"])
 @triton.jit
 def _mixed_sum_bwd_kernel(
     g_ptr,  # grad of the output, [numel] in storage order
@@ -184,35 +204,89 @@ def _mixed_sum_bwd_kernel(
     dx7_ptr,  # grad of candidate 7
     w_ptr,  # weights of all candidates, [K_total]
     w_offset,  # index of this chunk's first candidate in w_ptr / partial columns
-    partial_ptr,  # float32 [rows >= n_blocks, K_total]: partial[pid, k] = <g, x_k> over block pid
+    partial_ptr,  # float32 [num_programs, K_total]: partial[p, k] = <g, x_k> over program p's tiles
     stride_partial_row,  # row stride of partial (= K_total)
     numel,  # number of elements of one candidate
+    num_tiles,  # cdiv(numel, BLOCK)
     K: tl.constexpr,  # candidates in this chunk, 1..8
     NEED_DX: tl.constexpr,  # bit mask over the chunk's candidates: write dx_k = w_k * g
     NEED_DW: tl.constexpr,  # write the partial sums for the weight gradient
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    # Persistent: program p walks tiles p, p + P, p + 2P, ... accumulating g * x_k elementwise
+    # in fp32 registers, and reduces each accumulator once (one tl.sum per candidate) at the end.
+    # Every row of `partial` is written, so it needs no zero-fill.
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
     w_ptr = w_ptr + w_offset
-    p_ptr = partial_ptr + pid * stride_partial_row + w_offset
-    _bwd_term(g, x0_ptr, dx0_ptr, w_ptr + 0, p_ptr + 0, offs, mask, (NEED_DX >> 0) & 1, NEED_DW)
-    if K > 1:
-        _bwd_term(g, x1_ptr, dx1_ptr, w_ptr + 1, p_ptr + 1, offs, mask, (NEED_DX >> 1) & 1, NEED_DW)
-    if K > 2:
-        _bwd_term(g, x2_ptr, dx2_ptr, w_ptr + 2, p_ptr + 2, offs, mask, (NEED_DX >> 2) & 1, NEED_DW)
-    if K > 3:
-        _bwd_term(g, x3_ptr, dx3_ptr, w_ptr + 3, p_ptr + 3, offs, mask, (NEED_DX >> 3) & 1, NEED_DW)
-    if K > 4:
-        _bwd_term(g, x4_ptr, dx4_ptr, w_ptr + 4, p_ptr + 4, offs, mask, (NEED_DX >> 4) & 1, NEED_DW)
-    if K > 5:
-        _bwd_term(g, x5_ptr, dx5_ptr, w_ptr + 5, p_ptr + 5, offs, mask, (NEED_DX >> 5) & 1, NEED_DW)
-    if K > 6:
-        _bwd_term(g, x6_ptr, dx6_ptr, w_ptr + 6, p_ptr + 6, offs, mask, (NEED_DX >> 6) & 1, NEED_DW)
-    if K > 7:
-        _bwd_term(g, x7_ptr, dx7_ptr, w_ptr + 7, p_ptr + 7, offs, mask, (NEED_DX >> 7) & 1, NEED_DW)
+    w0 = _load_weight(w_ptr + 0, (NEED_DX >> 0) & 1)
+    w1 = _load_weight(w_ptr + 1, (NEED_DX >> 1) & 1)
+    w2 = _load_weight(w_ptr + 2, (NEED_DX >> 2) & 1)
+    w3 = _load_weight(w_ptr + 3, (NEED_DX >> 3) & 1)
+    w4 = _load_weight(w_ptr + 4, (NEED_DX >> 4) & 1)
+    w5 = _load_weight(w_ptr + 5, (NEED_DX >> 5) & 1)
+    w6 = _load_weight(w_ptr + 6, (NEED_DX >> 6) & 1)
+    w7 = _load_weight(w_ptr + 7, (NEED_DX >> 7) & 1)
+    acc0 = tl.zeros([BLOCK], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK], dtype=tl.float32)
+    acc4 = tl.zeros([BLOCK], dtype=tl.float32)
+    acc5 = tl.zeros([BLOCK], dtype=tl.float32)
+    acc6 = tl.zeros([BLOCK], dtype=tl.float32)
+    acc7 = tl.zeros([BLOCK], dtype=tl.float32)
+    # A while loop, not `for tile in tl.range(pid, num_tiles, nprog)`: Triton 3.6's interpreter
+    # cannot take runtime loop bounds under numpy 2 (int() of a 1-element array), while both the
+    # interpreter and the compiler (scf.while) handle this form.
+    tile = pid.to(tl.int64)
+    while tile < num_tiles:
+        offs = tile * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < numel
+        # All loads first: a dx_k store may not be moved above an x_j load it could alias.
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x0 = _load_f32(x0_ptr, offs, mask, NEED_DW, BLOCK)
+        x1 = _load_f32(x1_ptr, offs, mask, NEED_DW and K > 1, BLOCK)
+        x2 = _load_f32(x2_ptr, offs, mask, NEED_DW and K > 2, BLOCK)
+        x3 = _load_f32(x3_ptr, offs, mask, NEED_DW and K > 3, BLOCK)
+        x4 = _load_f32(x4_ptr, offs, mask, NEED_DW and K > 4, BLOCK)
+        x5 = _load_f32(x5_ptr, offs, mask, NEED_DW and K > 5, BLOCK)
+        x6 = _load_f32(x6_ptr, offs, mask, NEED_DW and K > 6, BLOCK)
+        x7 = _load_f32(x7_ptr, offs, mask, NEED_DW and K > 7, BLOCK)
+        _store_scaled(dx0_ptr, w0, g, offs, mask, (NEED_DX >> 0) & 1)
+        _store_scaled(dx1_ptr, w1, g, offs, mask, (NEED_DX >> 1) & 1)
+        _store_scaled(dx2_ptr, w2, g, offs, mask, (NEED_DX >> 2) & 1)
+        _store_scaled(dx3_ptr, w3, g, offs, mask, (NEED_DX >> 3) & 1)
+        _store_scaled(dx4_ptr, w4, g, offs, mask, (NEED_DX >> 4) & 1)
+        _store_scaled(dx5_ptr, w5, g, offs, mask, (NEED_DX >> 5) & 1)
+        _store_scaled(dx6_ptr, w6, g, offs, mask, (NEED_DX >> 6) & 1)
+        _store_scaled(dx7_ptr, w7, g, offs, mask, (NEED_DX >> 7) & 1)
+        # Accumulators of unused candidates are never stored, so the compiler drops them.
+        acc0 += g * x0
+        acc1 += g * x1
+        acc2 += g * x2
+        acc3 += g * x3
+        acc4 += g * x4
+        acc5 += g * x5
+        acc6 += g * x6
+        acc7 += g * x7
+        tile += nprog
+    if NEED_DW:
+        p_ptr = partial_ptr + pid.to(tl.int64) * stride_partial_row + w_offset
+        tl.store(p_ptr + 0, tl.sum(acc0, axis=0))
+        if K > 1:
+            tl.store(p_ptr + 1, tl.sum(acc1, axis=0))
+        if K > 2:
+            tl.store(p_ptr + 2, tl.sum(acc2, axis=0))
+        if K > 3:
+            tl.store(p_ptr + 3, tl.sum(acc3, axis=0))
+        if K > 4:
+            tl.store(p_ptr + 4, tl.sum(acc4, axis=0))
+        if K > 5:
+            tl.store(p_ptr + 5, tl.sum(acc5, axis=0))
+        if K > 6:
+            tl.store(p_ptr + 6, tl.sum(acc6, axis=0))
+        if K > 7:
+            tl.store(p_ptr + 7, tl.sum(acc7, axis=0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,14 +385,12 @@ def mixed_sum_fwd(xs, weights: Tensor) -> Tensor:
     else:
         acc = torch.empty_like(out, dtype=torch.float32)
 
-    def grid(meta):
-        return (triton.cdiv(numel, meta["BLOCK"]),)
-
     for start in range(0, K, MAX_CANDIDATES_PER_LAUNCH):
         kc = min(MAX_CANDIDATES_PER_LAUNCH, K - start)
         last = start + kc == K
+        block, warps = kernel_config(out.dtype, kc)
         with _on_device(out.device):
-            _mixed_sum_fwd_kernel[grid](
+            _mixed_sum_fwd_kernel[(triton.cdiv(numel, block),)](
                 *_chunk_ptrs(xs, start, xs[0]),
                 weights,
                 start,
@@ -327,6 +399,8 @@ def mixed_sum_fwd(xs, weights: Tensor) -> Tensor:
                 numel,
                 K=kc,
                 ACCUMULATE=start > 0,
+                BLOCK=block,
+                num_warps=warps,
             )
     return out
 
@@ -358,7 +432,7 @@ def mixed_sum_bwd(grad: Tensor, xs, weights: Tensor, needs_input_grad) -> tuple[
     ``needs_input_grad`` has one bool per x_k, optionally followed by one for the weights.
     ``dx_k`` is ``weights[k] * grad`` in the activation dtype, or an empty placeholder (numel 0)
     when not needed; ``grad_w`` is float32 ``[K]`` (an empty placeholder when the weights need
-    no grad), deterministic (per-block partial sums, no atomics).
+    no grad), deterministic (per-program partial sums of a fixed grid, no atomics).
     """
     _check_inputs(xs, weights, "mixed_sum_triton_backward")
     _check_grad(grad, xs)
@@ -374,19 +448,20 @@ def mixed_sum_bwd(grad: Tensor, xs, weights: Tensor, needs_input_grad) -> tuple[
     numel = x0.numel()
     if numel == 0 or not (need_dw or any(need_dx)):
         return dxs, weights.new_zeros(K if need_dw else 0, dtype=torch.float32)
-    rows = triton.cdiv(numel, _MIN_BLOCK) if need_dw else 1
-    partial = torch.zeros((rows, K), dtype=torch.float32, device=x0.device)
-
-    def grid(meta):
-        return (triton.cdiv(numel, meta["BLOCK"]),)
-
+    # BLOCK depends on the dtype only, so every chunk has the same persistent grid and shares one
+    # partial buffer: row p, columns of chunk c = program p's sums for c's candidates.
+    block, _ = kernel_config(x0.dtype, 1)
+    num_tiles = triton.cdiv(numel, block)
+    programs = backward_programs(numel, block)
+    partial = torch.empty((programs, K) if need_dw else (1, 1), dtype=torch.float32, device=x0.device)
     for start in range(0, K, MAX_CANDIDATES_PER_LAUNCH):
         kc = min(MAX_CANDIDATES_PER_LAUNCH, K - start)
         mask = sum(1 << i for i in range(kc) if need_dx[start + i])
         if mask == 0 and not need_dw:
             continue
+        _, warps = kernel_config(x0.dtype, kc)
         with _on_device(x0.device):
-            _mixed_sum_bwd_kernel[grid](
+            _mixed_sum_bwd_kernel[(programs,)](
                 grad,
                 *_chunk_ptrs(xs, start, x0),
                 *_chunk_ptrs(dxs, start, grad),
@@ -395,12 +470,16 @@ def mixed_sum_bwd(grad: Tensor, xs, weights: Tensor, needs_input_grad) -> tuple[
                 partial,
                 partial.stride(0),
                 numel,
+                num_tiles,
                 K=kc,
                 NEED_DX=mask,
                 NEED_DW=need_dw,
+                BLOCK=block,
+                num_warps=warps,
             )
+    # partial.sum(0): a fixed-shape reduction without atomics, deterministic like the kernel itself
     grad_w = partial.sum(0) if need_dw else weights.new_empty(0, dtype=torch.float32)
-    return dxs, grad_w  # partial.sum(0): deterministic reduction over blocks
+    return dxs, grad_w
 
 
 def mixed_sum_bytes(K: int, numel: int, element_size: int, mode: str = "forward", n_grad: int | None = None) -> int:

@@ -13,7 +13,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-pytest.importorskip("triton", reason="Triton is not installed")
+triton = pytest.importorskip("triton", reason="Triton is not installed")
 
 from fastdarts.kernels import mixed_sum as ms  # noqa: E402
 
@@ -191,3 +191,63 @@ def test_opcheck(K):
     torch.library.opcheck(torch.ops.fastdarts.mixed_sum_triton.default, (xs_l, w_l))
     need = [k != 1 for k in range(K)] + [True]
     torch.library.opcheck(torch.ops.fastdarts.mixed_sum_triton_backward.default, (grad, xs, weights, need))
+
+
+def _misaligned(shape, dtype, gen):
+    """A contiguous view one element past a fresh allocation: its data pointer is not 16-byte aligned."""
+    n = 1
+    for s in shape:
+        n *= s
+    return torch.randn(n + 1, generator=gen).to(device=DEVICE, dtype=dtype)[1:].view(shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("K", [2, 9])
+def test_misaligned_views_and_non_dense_grad(K, dtype):
+    gen = torch.Generator().manual_seed(K)
+    shape = (2, 3, 11, 13)
+    xs = [_misaligned(shape, dtype, gen) for _ in range(K)]
+    assert all(x.is_contiguous() and x.data_ptr() % 16 != 0 for x in xs)
+    weights = torch.softmax(torch.randn(K, generator=gen), 0).to(DEVICE)
+    # the dense misaligned views are used in place (no copy), like aligned ones
+    assert all(a is b for a, b in zip(ms._normalize(xs), xs))
+    grad = torch.randn(*shape[:-1], 2 * shape[-1], generator=gen).to(device=DEVICE, dtype=dtype)[..., ::2]
+    assert not grad.is_contiguous()
+    _check_against_reference(xs, weights, grad)
+    # the gradients take the inputs' layout, not the non-dense grad's
+    dxs, _ = ms.mixed_sum_bwd(grad, xs, weights, [True] * K)
+    assert all(dx.is_contiguous() for dx in dxs)
+    cl = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    dxs, gw = ms.mixed_sum_bwd(grad, cl, weights, [True] * K)
+    assert all(dx.is_contiguous(memory_format=torch.channels_last) and not dx.is_contiguous() for dx in dxs)
+    _, gw_ref = ms.mixed_sum_bwd(grad.contiguous(), xs, weights, [True] * K)
+    # same elementwise products, summed over tiles in storage order: contiguous and channels_last
+    # visit the elements in different orders, so only fp32 reassociation separates them: each is
+    # within γ_(n+1)·Σ|g·x| of the exact dot product (products and sums rounded once each, u = eps/2),
+    # so they differ by at most 2·γ_(n+1)·Σ|g·x| ≈ (n+1)·eps·Σ|g·x|.
+    abs_sum = torch.stack([(grad.float() * x.float()).abs().sum() for x in xs])
+    n = xs[0].numel()
+    assert bool(((gw - gw_ref).abs() <= (n + 1) * torch.finfo(torch.float32).eps * abs_sum).all())
+
+
+def test_backward_is_persistent_and_not_autotuned():
+    """Fixed launch configuration (no autotuner: capturable, same reduction order in every process);
+    several tiles per program so the persistent loop and its uneven split are exercised."""
+    assert not isinstance(ms._mixed_sum_fwd_kernel, triton.runtime.Autotuner)
+    assert not isinstance(ms._mixed_sum_bwd_kernel, triton.runtime.Autotuner)
+    for dtype in DTYPES:
+        for kc in range(1, 9):
+            block, warps = ms.kernel_config(dtype, kc)
+            assert block == ms.kernel_config(dtype, 1)[0] and warps in (4, 8)
+    block, _ = ms.kernel_config(torch.float32, 8)
+    n = 7 * block + 5  # 8 tiles over at most 3 programs (interpreter) or 8 (GPU)
+    programs = ms.backward_programs(n, block)
+    assert 1 <= programs <= 8
+    xs, weights, grad = _xs(3, (n,), torch.float32, seed=5)
+    dxs, gw = ms.mixed_sum_bwd(grad, xs, weights, [True, False, True])
+    exp = torch.stack([(grad.double() * x.double()).sum() for x in xs])
+    abs_sum = torch.stack([(grad.double() * x.double()).abs().sum() for x in xs])
+    # fp32 sums of n products: |error| <= n·eps·Σ|g·x| (classical bound for recursive summation)
+    assert bool(((gw.double() - exp).abs() <= n * torch.finfo(torch.float32).eps * abs_sum).all())
+    torch.testing.assert_close(dxs[2], weights[2] * grad)
+    assert dxs[1].numel() == 0
