@@ -42,6 +42,7 @@ class SearchConfig:
 
     method: str = "darts"
     space: str = "darts"
+    supernet: str = "auto"  # DARTS-space network: quark0 | nasnet | auto (the method's published one)
     data: DataConfig = field(default_factory=DataConfig)
     epochs: int | None = None
     seed: int = 2

@@ -201,8 +201,9 @@ def relu_tail(op: nn.Module):
     Mixed ops use this to compute ReLU(x) once per edge instead of once per conv op
     (quark0 computes it four times: sep3, sep5, dil3, dil5), which saves one activation per op.
     """
-    if isinstance(op, FactorizedReduce):
-        return op.forward_after_relu
+    after_relu = getattr(op, "forward_after_relu", None)  # FactorizedReduce and D-X-Y's composite ops
+    if after_relu is not None:
+        return after_relu
     seq = getattr(op, "op", None)
     if isinstance(seq, nn.Sequential) and len(seq) > 1 and type(seq[0]) is nn.ReLU:
         rest = list(seq)[1:]

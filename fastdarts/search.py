@@ -164,8 +164,9 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
     net_options = {k: v for k, v in cfg.method_options.items() if k not in method_cls.DEFAULTS}
     hyper = method_cls.resolve_hyper({**to_dict(cfg.optim), "epochs": cfg.epochs, **hyper_options}, cfg.space)
     data = build_search_data(cfg.data, cfg.seed, single_level=method_cls.single_level)
-    model = build_supernet(cfg.space, cfg.method, cfg.C, data.num_classes, cfg.layers, backend=cfg.backend,
-                           recompute=cfg.recompute, in_channels=data.in_channels, **net_options).to(device)
+    model = build_supernet(cfg.space, cfg.method, cfg.C, data.num_classes, cfg.layers, supernet=cfg.supernet,
+                           backend=cfg.backend, recompute=cfg.recompute, in_channels=data.in_channels,
+                           **net_options).to(device)
     method = method_cls(model, hyper)
     epochs = hyper["epochs"]
     logger.info("run dir %s | method %s | space %s | data %s (%d/%d/%d images) | device %s | %d epochs",

@@ -9,19 +9,47 @@ import torch.nn as nn
 from fastdarts.genotype import Genotype, NB201Genotype
 
 SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4")
+SUPERNETS = ("auto", "quark0", "nasnet")
+# Methods whose published DARTS-space search uses D-X-Y's NASNet-super network (ALGORITHMS.md §12.3).
+NASNET_METHODS = ("prdarts", "gdas")
+
+
+def resolve_supernet(space: str, method: str, supernet: str = "auto") -> str:
+    """The network layout ``build_supernet`` builds: ``"nb201"``, ``"quark0"`` or ``"nasnet"``.
+
+    ``"auto"`` is the method's published network: D-X-Y's NASNet-super for PR-DARTS and GDAS on the
+    DARTS space, quark0's search network for the other methods and spaces.
+    """
+    if supernet not in SUPERNETS:
+        raise ValueError(f"unknown supernet {supernet!r}; choose one of {SUPERNETS}")
+    if space == "nb201":
+        if supernet != "auto":
+            raise ValueError(f"space 'nb201' has one supernet; supernet={supernet!r} applies to space 'darts'")
+        return "nb201"
+    if supernet == "nasnet" and space != "darts":
+        raise ValueError(f"supernet 'nasnet' searches the DARTS space; space {space!r} needs supernet='quark0'")
+    if supernet == "auto":
+        return "nasnet" if space == "darts" and method in NASNET_METHODS else "quark0"
+    return supernet
 
 
 def build_supernet(space: str = "darts", method: str = "darts", C: int = 16, num_classes: int = 10,
-                   layers: int | None = None, **options: Any) -> nn.Module:
+                   layers: int | None = None, *, supernet: str = "auto", **options: Any) -> nn.Module:
     """Build the search supernet of ``space`` for ``method``.
 
     Args:
         space: ``"darts"``, ``"nb201"`` or RobustDARTS ``"s1"``–``"s4"``.
         method: a name from :data:`fastdarts.methods.METHODS`.
         C: initial channels. num_classes: classifier outputs.
-        layers: cells (DARTS spaces, default 8) or cells per stage (NAS-Bench-201, default 5).
+        layers: cells (DARTS spaces: default 8, NASNet-super: default 6 = 3N) or cells per stage
+            (NAS-Bench-201, default 5).
+        supernet: network on the DARTS space (:func:`resolve_supernet`): ``"quark0"`` (quark0/darts'
+            ``Network``), ``"nasnet"`` (D-X-Y's NASNet-super, :mod:`fastdarts.spaces.nasnet`) or
+            ``"auto"``, the method's published one (NASNet-super for ``prdarts`` and ``gdas``).
         **options: ``backend``, ``recompute``, ``in_channels``, ``steps``, ``multiplier``,
-            ``stem_multiplier``, ``primitives`` and method options (e.g. ``k`` for PC-DARTS).
+            ``stem_multiplier``, ``primitives``, NASNet-super's ``track_running_stats`` and
+            ``conv_bias``, and method options (e.g. ``k`` for PC-DARTS).
+
 
     Returns:
         A module with ``forward(x) -> logits``, ``arch_parameters()`` (original order) and ``genotype()``.
@@ -33,12 +61,21 @@ def build_supernet(space: str = "darts", method: str = "darts", C: int = 16, num
         raise ValueError(f"unknown space {space!r}; choose one of {SPACES}")
     if space not in method_cls.spaces:
         raise ValueError(f"method {method!r} does not run on space {space!r} (it supports {method_cls.spaces})")
+    layout = resolve_supernet(space, method, supernet)
     options = dict(options)
     kwargs = method_cls.supernet_options(options)
     for key in ("k",):  # method options consumed above
         options.pop(key, None)
     kwargs.update(options)
     try:
+        if layout == "nasnet":
+            from fastdarts.spaces.nasnet import NasnetSupernet, method_settings
+
+            if "partial_k" in kwargs:
+                raise ValueError(f"method {method!r} uses partial channels, which the NASNet-super supernet "
+                                 "does not have; use supernet='quark0'")
+            return NasnetSupernet(C, num_classes, 6 if layers is None else layers,
+                                  **{**method_settings(method), **kwargs})
         if space == "nb201":
             from fastdarts.spaces.nb201 import NB201Supernet
 
