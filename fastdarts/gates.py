@@ -22,8 +22,9 @@ class CellWeights:
 
     ``weights``: ``[E, K]`` float32 op weights. ``edge_weights``: ``[E]`` or None (PC-DARTS β).
     ``active``: per edge, the candidate indices to compute (sampled gates), or None for all.
-    ``edge_bias``: ``[E]`` scalars added to each edge output, or None (GDAS adds the zero-valued
-    sum of the unselected straight-through gates so that every logit receives a gradient).
+    ``edge_bias``: ``[E]`` scalars for each edge output, or None. GDAS sets the zero-valued sum
+    of the unselected straight-through gates; only the NAS-Bench-201 cell adds it (D-X-Y's
+    ``NAS201SearchCell.forward_gdas``), the DARTS-space cells do not (``MixedOp.forward_gdas``).
     """
 
     weights: torch.Tensor
@@ -503,9 +504,11 @@ class GumbelMixing(TemperedMixing):
     """GDAS Gumbel-softmax hard sampling (D-X-Y/AutoDL-Projects, ALGORITHMS.md §8).
 
     ``logits = (log_softmax(α) + G)/τ``, ``p = softmax(logits)``, ``idx = argmax p``,
-    ``h = one_hot(idx) − stopgrad(p) + p``. Only ``op[idx]`` runs; the edge output gets
-    ``Σ_{o≠idx} h[o]`` added (zero in value, but it carries gradient to every logit, as in
-    D-X-Y's ``forward_gdas``).
+    ``h = one_hot(idx) − stopgrad(p) + p``. Only ``op[idx]`` runs and the edge computes
+    ``h[idx]·op_idx(x)``. :attr:`CellWeights.edge_bias` carries ``Σ_{o≠idx} h[o]`` (zero in value,
+    a gradient path to every logit): the NAS-Bench-201 cell adds it to the edge output, the
+    DARTS-space cells do not, as in D-X-Y's two ``forward_gdas`` (``search_cells.py``).
+    α is used in its own precision (float64 stays float64), at least float32.
 
     Args:
         tau: initial temperature (GDAS anneals 10 → 0.1 per epoch, :meth:`set_temperature`).
@@ -529,7 +532,8 @@ class GumbelMixing(TemperedMixing):
         # ⚠ code differs from paper/code: D-X-Y draws G = −log(Exponential(1)) and redraws when G or p
         # has inf/NaN (a host check per forward). Clamped uniforms make G finite by construction; the
         # NaN/inf check of p rides along in the forward's single host copy and triggers a redraw.
-        p = F.softmax((F.log_softmax(alpha.float(), dim=-1) + G) / self.tau, dim=-1)
+        a = alpha.to(torch.promote_types(alpha.dtype, torch.float32))
+        p = F.softmax((F.log_softmax(a, dim=-1) + G) / self.tau, dim=-1)
         idx = p.argmax(dim=-1)
         one_hot = F.one_hot(idx, K).to(p.dtype)
         h = one_hot - p.detach() + p

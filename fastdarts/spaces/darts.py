@@ -57,7 +57,10 @@ class SearchCell(nn.Module):
                 self._ops.append(op)
                 edge += 1
 
-    def forward(self, s0, s1, weights, edge_weights=None, active=None, edge_bias=None):
+    def forward(self, s0, s1, weights, edge_weights=None, active=None):
+        # No per-edge scalars (CellWeights.edge_bias) here: D-X-Y's NASNet cell computes a GDAS
+        # edge as op_idx(x)·h[idx] only (search_cells.py:180-181, MixedOp.forward_gdas); only
+        # the NAS-Bench-201 cell adds Σ_{o≠idx} h[o].
         s0 = self.preprocess0(s0)
         s1 = self.preprocess1(s1)
         states = [s0, s1]
@@ -66,8 +69,6 @@ class SearchCell(nn.Module):
         for _ in range(self._steps):
             outs = [self._ops[offset + j](h, weights[offset + j], None if active is None else active[offset + j])
                     for j, h in enumerate(states)]
-            if edge_bias is not None:
-                outs = [y + edge_bias[offset + j] for j, y in enumerate(outs)]
             if edge_weights is None:
                 s = sum(outs)
             elif fused:  # PC-DARTS node: Σ_i β_i·y_i is itself a weighted sum
@@ -152,7 +153,7 @@ class DartsSupernet(ArchMixin):
         s0 = s1 = self.stem(x)
         for i, cell in enumerate(self.cells):
             cw = weights[i] if isinstance(weights, (list, tuple)) else weights["reduce" if cell.reduction else "normal"]
-            args = (s0, s1, cw.weights, cw.edge_weights, cw.active, cw.edge_bias)
+            args = (s0, s1, cw.weights, cw.edge_weights, cw.active)
             out = recompute_forward(cell, cell, *args) if self.recompute else cell(*args)
             s0, s1 = s1, out
         out = self.global_pooling(s1)

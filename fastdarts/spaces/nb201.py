@@ -107,6 +107,8 @@ class NB201SearchCell(nn.Module):
                 key = f"{i}<-{j}"
                 e = self.edge2index[key]
                 out = self.edges[key](nodes[j], weights[e], None if active is None else active[e])
+                # GDAS: + Σ_{o≠idx} h[o], zero in value (D-X-Y NAS201SearchCell.forward_gdas adds the
+                # unselected gates; its NASNet cell does not, see spaces/darts.py SearchCell).
                 outs.append(out if edge_bias is None else out + edge_bias[e])
             nodes.append(sum(outs))
         return nodes[-1]
