@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Sequence
 
 import torch
@@ -17,9 +18,17 @@ class ExponentiatedGradient(torch.optim.Optimizer):
         p ← clamp(p, min=min_value);  p ← p / Σ_row p      (clamp_first=True, GAEA EDARTS)
         p ← p / Σ_row p;  p ← clamp(p, min=min_value)      (clamp_first=False, GAEA EGDAS)
 
+    computed in log space so that any finite step gives finite rows: ``z = log p − lr·g``;
+    EDARTS clamps there (``z ← max(z, log min_value)``, the same floor on the unnormalised
+    ``p·exp(−lr·g)`` as GAEA's ``clamp`` before normalising), then ``exp(z − max_row z)`` and the
+    row normalisation; EGDAS clamps after it. Subtracting the row maximum cancels in the
+    normalisation, so the result is GAEA's formula wherever that one does not overflow. Entries
+    whose exact value is below the dtype's smallest normal number are stored as that number.
+
     Rows are the last dimension. For edge weights normalised per node (GAEA PC-DARTS β),
     give the parameter group ``groups=[(start, stop), ...]``: a 1-D tensor is then
-    normalised within each ``p[start:stop]`` instead of over the whole last dimension.
+    normalised (and max-shifted) within each ``p[start:stop]`` instead of over the whole last
+    dimension.
 
     Args:
         params: tensors (or parameter groups) on the simplex.
@@ -40,14 +49,19 @@ class ExponentiatedGradient(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @staticmethod
-    def _normalize(p: torch.Tensor, groups) -> None:
+    def _softmax(z: torch.Tensor, groups) -> torch.Tensor:
+        """``exp(z) / Σ exp(z)`` per row (or per ``groups`` range), shifted by the maximum: the
+        largest entry becomes exp(0) = 1, so nothing overflows and each sum is ≥ 1."""
         if groups is None:
-            p.div_(p.sum(dim=-1, keepdim=True))
-            return
-        if p.dim() != 1:
-            raise ValueError(f"groups= applies to 1-D tensors, got shape {tuple(p.shape)}")
+            e = torch.exp(z - z.amax(dim=-1, keepdim=True))
+            return e / e.sum(dim=-1, keepdim=True)
+        if z.dim() != 1:
+            raise ValueError(f"groups= applies to 1-D tensors, got shape {tuple(z.shape)}")
+        out = torch.empty_like(z)
         for start, stop in groups:
-            p[start:stop].div_(p[start:stop].sum())
+            e = torch.exp(z[start:stop] - z[start:stop].max())
+            out[start:stop] = e / e.sum()
+        return out
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -62,11 +76,13 @@ class ExponentiatedGradient(torch.optim.Optimizer):
                 g = p.grad
                 if group["kl_weight"]:
                     g = g + group["kl_weight"] * (torch.log(p.shape[-1] * p) + 1)
-                p.mul_(torch.exp(-group["lr"] * g))
-                if group["clamp_first"]:
-                    p.clamp_(min=group["min_value"])
-                    self._normalize(p, group["groups"])
-                else:
-                    self._normalize(p, group["groups"])
-                    p.clamp_(min=group["min_value"])
+                z = torch.log(p) - group["lr"] * g
+                if group["clamp_first"] and group["min_value"] > 0:
+                    z.clamp_(min=math.log(group["min_value"]))
+                new = self._softmax(z, group["groups"])
+                # The exact result is > 0 but may be below the dtype's range; the smallest normal
+                # number (≤ `tiny` off the exact value) keeps log p, and so the next step, finite.
+                tiny = torch.finfo(new.dtype).tiny
+                new.clamp_(min=tiny if group["clamp_first"] else max(group["min_value"], tiny))
+                p.copy_(new)  # in place: the tensor object (held by the supernet) stays the same
         return loss
