@@ -3,8 +3,9 @@
 With fixed Gumbel noise G, ``p = softmax((log_softmax(α) + G)/τ)``, ``idx = argmax p`` and
 ``h = one_hot(idx) − sg(p) + p``:
 
-* DARTS space (D-X-Y ``MixedOp.forward_gdas``): an edge is ``y = h[idx]·op_idx(x)``, so
-  ``dL/dα = s · dp_idx/dα`` with ``s = ⟨dL/dy, op_idx(x)⟩`` (summed over the cells sharing α).
+* DARTS space, quark0's and D-X-Y's NASNet-super networks (D-X-Y ``MixedOp.forward_gdas``): an
+  edge is ``y = h[idx]·op_idx(x)``, so ``dL/dα = s · dp_idx/dα`` with ``s = ⟨dL/dy, op_idx(x)⟩``
+  (summed over the cells sharing α).
 * NAS-Bench-201 (``NAS201SearchCell.forward_gdas``): the edge adds ``Σ_{o≠idx} h[o]``, which
   adds ``t · Σ_{o≠idx} dp_o/dα`` with ``t = Σ dL/dy`` (the scalars broadcast over the output).
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 import fastdarts.gates as G
 from fastdarts.spaces.darts import DartsSupernet
+from fastdarts.spaces.nasnet import NasnetSupernet
 from fastdarts.spaces.nb201 import NB201SearchCell, NB201Supernet
 from fastdarts.spaces.robust import robust_primitives
 
@@ -99,12 +101,13 @@ def _batch(n=2, size=8):
             torch.randint(0, 10, (n,), generator=g))
 
 
-@pytest.mark.parametrize("primitives", [None, "s3"], ids=["darts", "robust_s3"])
-def test_darts_space_edge_gradient_has_no_scalar_terms(fixed_noise, primitives):
+@pytest.mark.parametrize("network,primitives", [(DartsSupernet, None), (DartsSupernet, "s3"), (NasnetSupernet, None)],
+                         ids=["quark0", "quark0_robust_s3", "nasnet_super"])
+def test_darts_space_edge_gradient_has_no_scalar_terms(fixed_noise, network, primitives):
     torch.manual_seed(0)
     prims = None if primitives is None else robust_primitives(primitives)
-    model = DartsSupernet(C=4, num_classes=10, layers=3, primitives=prims, backend="eager",
-                          mixing=G.GumbelMixing(tau=TAU, seed=0, sampler="torch")).double()
+    model = network(C=4, num_classes=10, layers=3, primitives=prims, backend="eager",
+                    mixing=G.GumbelMixing(tau=TAU, seed=0, sampler="torch")).double()
     with torch.no_grad():  # away from the uniform point so that p, and hence J, are not symmetric
         for a in model.arch_parameters():
             a.copy_(0.7 * torch.randn_like(a))
