@@ -90,6 +90,7 @@ def test_hard_concrete_mask_and_straight_through():
         for e, act in enumerate(cw.active):
             m[e, list(act)] = 1
         assert torch.equal(s.keep, m.bool())
+        # h = m − z.detach() + z: two fp32 roundings of numbers ≤ 2 in size, |h − m| ≤ 2·eps ≈ 2.4e-7.
         torch.testing.assert_close(cw.weights.detach(), m, atol=1e-6, rtol=0)  # value of h = mask
         # The gates come from GateRNG(seed) at counter 0, stream = cell type: recompute them.
         rng = G.GateRNG(11)
@@ -185,6 +186,7 @@ def test_gumbel_one_active_and_zero_bias_with_gradients():
     cw = mix.all_cell_weights({"normal": (A, None)}, 4)["normal"]
     assert all(len(a) == 1 for a in cw.active)
     idx = torch.tensor([a[0] for a in cw.active])
+    # h = one_hot − p.detach() + p: two fp32 roundings of numbers ≤ 2, |h − 1| ≤ 2·eps ≈ 2.4e-7.
     torch.testing.assert_close(cw.weights.detach()[torch.arange(E), idx], torch.ones(E), atol=1e-6, rtol=0)
     assert torch.equal(cw.edge_bias.detach(), torch.zeros(E))  # exactly zero in value
     c = torch.randn(E, generator=torch.Generator().manual_seed(0))
