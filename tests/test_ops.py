@@ -144,8 +144,9 @@ def test_registered_primitive_usable_in_mixed_op(my_op, stride, backend):
     m = fastdarts.MixedOp(C, stride, primitives=["none", "skip_connect", my_op], backend=backend)
     assert isinstance(m._ops[2], _Scale)
     assert "_ops.2.conv.weight" in m.state_dict()
-    x = torch.randn(2, C, 8, 8, requires_grad=True)
-    w = torch.tensor([0.2, 0.3, 0.5], requires_grad=True)
+    m.double()  # float64: the fused kernel may add the weighted terms in another order
+    x = torch.randn(2, C, 8, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64, requires_grad=True)
     y = m(x, w)
     expected = w[1] * m._ops[1](x) + w[2] * m._ops[2].conv(x)
     torch.testing.assert_close(y, expected)
