@@ -1,4 +1,9 @@
-"""Command line: ``fastdarts search|train|bench`` (also ``python -m fastdarts``)."""
+"""Command line: ``fastdarts search|train|bench`` (also ``python -m fastdarts``).
+
+``fastdarts search [RECIPE|config.yaml] [key=value ...]`` runs a search: RECIPE is the name of a
+packaged recipe (``fastdarts search --list-configs``), the default is the embedded digits demo.
+``--dry-run`` prints the fully resolved config (method defaults applied) as YAML and exits.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,39 @@ import argparse
 import os
 import sys
 
-from fastdarts.config import SearchConfig, TrainConfig, default_search_config_path, load_config
+import yaml
+
+from fastdarts.config import (
+    SearchConfig,
+    TrainConfig,
+    default_search_config_path,
+    load_config,
+    recipe_names,
+    recipe_path,
+    resolve_search_config,
+    to_dict,
+)
 
 
-def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
-    """Separate an optional YAML path from ``key=value`` overrides."""
+def _split_args(items: list[str], recipes: bool = False) -> tuple[str | None, list[str]]:
+    """Separate an optional YAML path (or, with ``recipes``, a recipe name) from ``key=value`` overrides."""
     path, overrides = None, []
     for item in items:
         if "=" in item:
             overrides.append(item)
-        elif item.endswith((".yaml", ".yml")) and path is None:
+        elif path is None and item.endswith((".yaml", ".yml")):
             path = item
+        elif path is None and recipes:
+            path = recipe_path(item)  # an unknown name is a ValueError naming the closest recipe
         else:
-            raise SystemExit(f"fastdarts: expected a .yaml config or key=value, got {item!r}")
+            what = "a recipe name, a .yaml config" if recipes else "a .yaml config"
+            raise ValueError(f"expected {what} or key=value, got {item!r}")
     return path, overrides
 
 
 def _config(cls, args, default_path: str | None, extra: list[str]):
     """The run's config: the saved one of ``--resume RUN_DIR``, else the YAML (or default) + overrides."""
-    path, overrides = _split_args(args.items)
+    path, overrides = _split_args(args.items, recipes=cls is SearchConfig)
     if args.resume:
         saved = os.path.join(args.resume, "config.yaml")
         if not os.path.isfile(saved):
@@ -34,9 +53,15 @@ def _config(cls, args, default_path: str | None, extra: list[str]):
 
 
 def _cmd_search(args) -> int:
+    if args.list_configs:
+        print("\n".join(recipe_names()))
+        return 0
+    cfg = _config(SearchConfig, args, default_search_config_path(), [])
+    if args.dry_run:
+        print(yaml.safe_dump(to_dict(resolve_search_config(cfg)), sort_keys=False), end="")
+        return 0
     from fastdarts.search import search
 
-    cfg = _config(SearchConfig, args, default_search_config_path(), [])
     result = search(cfg, resume=bool(args.resume))
     print(f"genotype: {result.genotype.to_dict()}")
     print(f"run directory: {result.run_dir}")
@@ -67,8 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("search", help="run an architecture search (default: DARTS on the embedded digits data)")
-    p.add_argument("items", nargs="*", help="optional config.yaml, then key=value overrides (e.g. method=pcdarts)")
+    p.add_argument("items", nargs="*", help="optional recipe name (see --list-configs) or config.yaml, then "
+                                            "key=value overrides (e.g. pcdarts-cifar10 data=/data/cifar10)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--list-configs", action="store_true", help="print the packaged recipe names, one per line")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the fully resolved config (method defaults applied) as YAML and exit")
     p.set_defaults(func=_cmd_search)
     p = sub.add_parser("train", help="train the network of a genotype JSON from scratch")
     p.add_argument("genotype", nargs="?", help="genotype JSON written by fastdarts search")

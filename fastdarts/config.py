@@ -1,14 +1,23 @@
-"""Configuration: dataclasses, YAML files and dotted command-line overrides.
+"""Configuration: dataclasses, YAML files, packaged recipes and dotted command-line overrides.
 
 ``load_config(SearchConfig, "cfg.yaml", ["method=pcdarts", "data.batch_size=256"])`` starts
 from the dataclass defaults, applies the YAML file, then the overrides. Values are
 converted to the field's type; unknown keys are errors that list the valid ones.
 ``data=<name or path>`` is shorthand for ``data.name=...``.
+
+Recipes are the YAML files packaged in ``fastdarts/configs/`` (:func:`recipe_names`,
+:func:`recipe_path`), one per published search setting. A search config is resolved in this
+order: the method's built-in defaults (its ``DEFAULTS``) < the recipe/YAML < command-line
+overrides. Every field a search leaves at ``None`` (``epochs``, ``layers``,
+``data.batch_size``, the ``optim`` fields) takes the method's default in
+:func:`resolve_search_config`; an explicit value always wins.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import os
 import typing
 from dataclasses import dataclass, field
@@ -38,12 +47,17 @@ class OptimConfig:
 
 @dataclass
 class SearchConfig:
-    """Everything ``fastdarts search`` needs. ``epochs=None`` and ``data.batch_size=None`` take the method's default."""
+    """Everything ``fastdarts search`` needs.
+
+    ``epochs``, ``layers``, ``data.batch_size`` and the ``optim`` fields left at ``None`` take the
+    method's default (:func:`resolve_search_config`). ``stem``: ``"cifar"`` (quark0's 3×3 stem);
+    ``"imagenet"`` names PC-DARTS' ImageNet supernet, which is not available yet.
+    """
 
     method: str = "darts"
     space: str = "darts"
     supernet: str = "auto"  # DARTS-space network: quark0 | nasnet | auto (the method's published one)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=None))
     epochs: int | None = None
     seed: int = 2
     run_dir: str | None = None
@@ -54,6 +68,7 @@ class SearchConfig:
     device: str = "auto"
     optim: OptimConfig = field(default_factory=OptimConfig)
     method_options: dict = field(default_factory=dict)
+    stem: str = "cifar"
 
 
 @dataclass
@@ -188,6 +203,85 @@ def from_dict(cls, d: dict[str, Any]):
     return cfg
 
 
+RECIPES_DIR = os.path.join(os.path.dirname(__file__), "configs")
+# Fields of SearchConfig that the method's DEFAULTS fill when they are None (besides ``optim``).
+_METHOD_FIELDS = ("epochs", "layers", "batch_size")
+STEMS = ("cifar", "imagenet")
+
+
 def default_search_config_path() -> str:
     """The packaged config that ``fastdarts search`` uses with no arguments (embedded digits data)."""
-    return os.path.join(os.path.dirname(__file__), "configs", "default.yaml")
+    return os.path.join(RECIPES_DIR, "default.yaml")
+
+
+def recipe_names() -> list[str]:
+    """Names of the packaged recipes (``fastdarts/configs/*.yaml``), sorted; ``default`` is the digits demo."""
+    return sorted(f[:-5] for f in os.listdir(RECIPES_DIR) if f.endswith(".yaml"))
+
+
+def recipe_path(name: str) -> str:
+    """The packaged YAML file of recipe ``name``.
+
+    Raises:
+        ValueError: for an unknown name, naming the closest recipe.
+    """
+    names = recipe_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.0)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown recipe {name!r}{hint} (fastdarts search --list-configs lists them)")
+    return os.path.join(RECIPES_DIR, f"{name}.yaml")
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so a resolved config dumps as plain YAML."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def resolve_search_config(cfg: SearchConfig) -> SearchConfig:
+    """A copy of ``cfg`` with every method-dependent ``None`` replaced by the method's default.
+
+    Fills ``epochs``, ``layers``, ``data.batch_size`` and the ``optim`` fields, writes the
+    method's other hyper-parameters (its ``DEFAULTS`` for ``cfg.space``, e.g. PC-DARTS'
+    ``arch_warmup`` or Λ-DARTS' ``lambda_``) into ``method_options`` and ``supernet="auto"`` as
+    the network it stands for, so the result names every value the search will use. Values
+    already set, in ``cfg`` or its ``method_options``, are kept. Resolving twice gives the same
+    config.
+    """
+    from fastdarts.methods import get_method
+
+    method_cls = get_method(cfg.method)
+    out = copy.deepcopy(cfg)
+    optim_fields = [f.name for f in dataclasses.fields(OptimConfig)]
+    hyper_options = {k: v for k, v in cfg.method_options.items() if k in method_cls.DEFAULTS}
+    given = {**to_dict(cfg.optim), "epochs": cfg.epochs, "layers": cfg.layers,
+             "batch_size": cfg.data.batch_size, **hyper_options}
+    hyper = method_cls.resolve_hyper(given, cfg.space)
+    out.epochs, out.layers, out.data.batch_size = hyper["epochs"], hyper["layers"], hyper["batch_size"]
+    for name in optim_fields:
+        setattr(out.optim, name, _plain(hyper[name]))
+    for key, value in hyper.items():
+        if key not in optim_fields and key not in _METHOD_FIELDS:
+            out.method_options[key] = _plain(value)
+    from fastdarts.spaces import resolve_supernet
+
+    layout = resolve_supernet(cfg.space, cfg.method, cfg.supernet)  # also refuses impossible combinations
+    if cfg.space != "nb201":  # NAS-Bench-201 has one network and keeps supernet="auto"
+        out.supernet = layout
+    return out
+
+
+def check_search_config(cfg: SearchConfig) -> None:
+    """Refuse settings this version cannot run (before any work starts).
+
+    Raises:
+        ValueError: for ``stem="imagenet"`` (the ImageNet supernet is not available yet) or an
+            unknown stem.
+    """
+    if cfg.stem not in STEMS:
+        raise ValueError(f"unknown stem {cfg.stem!r}; choose one of {STEMS}")
+    if cfg.stem == "imagenet":
+        raise ValueError("stem=imagenet (the ImageNet supernet of PC-DARTS model_search_imagenet.py, needed by "
+                         "the pcdarts-imagenet recipe) is not available yet")

@@ -95,7 +95,7 @@ class DataConfig:
 
     name: str = "digits"  # "digits", "cifar10", "cifar100", "imagefolder" or a path to a directory
     root: str | None = None  # CIFAR python folder (or its parent) / ImageFolder root
-    batch_size: int = 64
+    batch_size: int | None = 64  # None: the search method's default (fastdarts.config.resolve_search_config)
     train_portion: float = 0.5  # fraction of non-test training images for the weights
     image_size: int | None = None  # digits 16, CIFAR 32, ImageFolder 64 when None
     augment: bool = True  # random crop (pad = size // 8) + h-flip (not digits); ImageFolder: RRC + flip
@@ -111,7 +111,7 @@ class DataConfig:
             self.root = os.fspath(self.root)
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"DataConfig.name must be a non-empty string, got {self.name!r}")
-        if int(self.batch_size) < 1:
+        if self.batch_size is not None and int(self.batch_size) < 1:
             raise ValueError(f"DataConfig.batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 < float(self.train_portion) <= 1.0:
             raise ValueError(f"DataConfig.train_portion must be in (0, 1], got {self.train_portion}")
@@ -850,6 +850,9 @@ def _load(cfg: DataConfig) -> _Loaded:
 
 
 def _loader(source, indices, cfg: DataConfig, seed: int, stream: int, train: bool) -> EpochLoader:
+    if cfg.batch_size is None:
+        raise ValueError("DataConfig.batch_size is None: set it, or resolve the search config first "
+                         "(fastdarts.config.resolve_search_config takes the method's default)")
     return EpochLoader(source, indices, batch_size=cfg.batch_size, seed=seed, stream=stream, shuffle=train,
                        augment=train and cfg.augment, drop_last=train, num_workers=cfg.num_workers)
 

@@ -27,7 +27,15 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from fastdarts.config import SearchConfig, default_search_config_path, from_dict, load_config, to_dict
+from fastdarts.config import (
+    SearchConfig,
+    check_search_config,
+    default_search_config_path,
+    from_dict,
+    load_config,
+    resolve_search_config,
+    to_dict,
+)
 from fastdarts.data import build_search_data
 from fastdarts.genotype import save_genotype
 from fastdarts.methods import get_method
@@ -140,7 +148,9 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
         :class:`SearchResult` with the final genotype, the run directory and the held-out
         top-1 accuracy (%) of the supernet.
     """
-    cfg = _coerce_config(config)
+    # Method defaults fill what the config leaves at None (batch size, epochs, cells, optimisers).
+    cfg = resolve_search_config(_coerce_config(config))
+    check_search_config(cfg)
     method_cls = get_method(cfg.method)
     if resume and not cfg.run_dir:
         raise ValueError("resume=True needs run_dir= pointing at the run to continue")
@@ -162,8 +172,11 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
     # the others (e.g. PC-DARTS' k) configure its supernet.
     hyper_options = {k: v for k, v in cfg.method_options.items() if k in method_cls.DEFAULTS}
     net_options = {k: v for k, v in cfg.method_options.items() if k not in method_cls.DEFAULTS}
-    hyper = method_cls.resolve_hyper({**to_dict(cfg.optim), "epochs": cfg.epochs, **hyper_options}, cfg.space)
-    data = build_search_data(cfg.data, cfg.seed, single_level=method_cls.single_level)
+    hyper = method_cls.resolve_hyper({**to_dict(cfg.optim), "epochs": cfg.epochs, "layers": cfg.layers,
+                                      "batch_size": cfg.data.batch_size, **hyper_options}, cfg.space)
+    # DropNAS is single-level by construction; GAEA has it as an option (ERM).
+    single_level = bool(hyper.get("single_level", method_cls.single_level))
+    data = build_search_data(cfg.data, cfg.seed, single_level=single_level)
     model = build_supernet(cfg.space, cfg.method, cfg.C, data.num_classes, cfg.layers, supernet=cfg.supernet,
                            backend=cfg.backend, recompute=cfg.recompute, in_channels=data.in_channels,
                            **net_options).to(device)

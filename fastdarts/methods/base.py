@@ -41,9 +41,11 @@ class SearchMethod:
     """
 
     name = "darts"
-    spaces = ("darts", "s1", "s2", "s3", "s4", "nb201")
+    spaces = ("darts", "s1", "s2", "s3", "s4", "s5", "nb201")
+    # quark0/darts cnn/train_search.py argparse defaults. batch_size and layers (cells) fill the
+    # search config's data.batch_size / layers when those are None (fastdarts.config).
     DEFAULTS: dict[str, Any] = dict(
-        epochs=50,
+        epochs=50, batch_size=64, layers=8,
         w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_weight_decay=3e-4, w_nesterov=False, w_grad_clip=5.0,
         alpha_lr=3e-4, alpha_betas=(0.5, 0.999), alpha_weight_decay=1e-3,
         arch_warmup=0,
@@ -52,10 +54,11 @@ class SearchMethod:
         lr_schedule_offset=1,
         step_order="arch_first",  # quark0: architecture step, then weight step
     )
-    # NAS-Bench-201 reference settings (D-X-Y configs/nas-benchmark/algos/DARTS-V1.config).
+    # NAS-Bench-201 reference settings (D-X-Y configs/nas-benchmark/algos/DARTS.config: batch 64, wd 5e-4,
+    # Nesterov; scripts-search/NAS-Bench-201-algos/DARTS-V1.sh: 5 cells per stage).
     # D-X-Y's search loops take the weight step first.
-    NB201_DEFAULTS: dict[str, Any] = dict(w_weight_decay=5e-4, w_nesterov=True, lr_schedule_offset=0,
-                                          step_order="weight_first")
+    NB201_DEFAULTS: dict[str, Any] = dict(batch_size=64, layers=5, w_weight_decay=5e-4, w_nesterov=True,
+                                          lr_schedule_offset=0, step_order="weight_first")
     single_level = False  # True: weights and architecture both train on the full training set
     # "random": a fresh random validation batch each step (quark0's next(iter(valid_queue)));
     # "iterate": one pass over the validation split in step with the training batches.

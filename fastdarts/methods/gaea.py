@@ -22,7 +22,14 @@ GAEA's configs use C = 24 there, not the usual 16 — pass ``C=24`` to reproduce
 GAEA's README runs NAS-Bench-201 with ``exclude_zero`` (4 candidates, no ``none``): pass
 ``primitives=["skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]`` to ``build_supernet``
 (in a config: ``method_options: {primitives: [skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]}``,
-which ``fastdarts.search`` forwards to the supernet).
+which ``fastdarts.search`` forwards to the supernet). The ``gaea-nb201`` recipe sets all of this.
+
+Bilevel or ERM (GAEA's ``search.single_level``, hyper-parameter ``single_level``): bilevel (False)
+draws the architecture batch from the architecture split; ERM (True, the setting of GAEA's
+NAS-Bench-201 results) trains the weights on all training images and draws each architecture
+batch from a separately shuffled copy of the same images (``cnn/train_utils.py:231-248`` for
+NAS-Bench-201, ``:296-322`` for the DARTS spaces). The step itself is unchanged: an EG step on
+that batch, then the weight step.
 """
 
 from __future__ import annotations
@@ -45,22 +52,25 @@ class GaeaDarts(SearchMethod):
     the weight of the entropic pull ``Σ α·log(K·α)`` towards uniform (0 for DARTS/PC-DARTS);
     ``alpha_betas`` is unused. ``scheduler_epochs`` is ``T_s`` of the weight-LR cosine (None:
     the number of epochs; GAEA's config fixes 50, which equals the epochs of its DARTS and
-    PC-DARTS runs). ``min_value``: the floor of the α update (1e-5).
+    PC-DARTS runs). ``min_value``: the floor of the α update (1e-5). ``single_level``: ERM
+    instead of bilevel (see the module docstring).
     """
 
     name = "gaea"
-    spaces = ("darts", "s1", "s2", "s3", "s4", "nb201")
+    spaces = ("darts", "s1", "s2", "s3", "s4", "s5", "nb201")
     DEFAULTS: dict[str, Any] = dict(
         SearchMethod.DEFAULTS,
         # configs/cnn/mode/search_darts.yaml: SGD 0.025 → 0.001, momentum 0.9, wd 3e-4, clip 5.
         alpha_lr=0.1, alpha_weight_decay=0.0, min_value=1e-5,
         # train_search.py steps the scheduler after each epoch's training: epoch e runs at cos(π·e/T_s).
         lr_schedule_offset=0, scheduler_epochs=None,
+        single_level=False,  # configs/cnn/config.yaml:35 `search.single_level` (True: ERM)
     )
     # configs/cnn/mode/search_nasbench201.yaml + config.yaml (run.scheduler_epochs: 50, 25 epochs per
     # the paper's NAS-Bench-201 runs): no Nesterov, wd 3e-4 (not D-X-Y's 5e-4/Nesterov).
     NB201_DEFAULTS: dict[str, Any] = dict(
-        epochs=25, scheduler_epochs=50, w_weight_decay=3e-4, w_nesterov=False, lr_schedule_offset=0,
+        epochs=25, batch_size=64, layers=5, scheduler_epochs=50, w_weight_decay=3e-4, w_nesterov=False,
+        lr_schedule_offset=0,
     )
     # train_search.py: `next(iter(valid_queue))`, a fresh random validation batch per step.
     valid_sampling = "random"
@@ -90,17 +100,17 @@ class GaeaPCDarts(GaeaDarts):
 
     ``beta_lr`` is η_β (0.1). β is renormalised within each node's incoming edges and, as in
     ``architect_edarts.py``, never clamped. ⚠ code differs from PC-DARTS: no 15-epoch
-    architecture warm-up; α/β are updated from the first iteration. Weights: SGD 0.1 → 0
-    (``configs/cnn/mode/search_pcdarts.yaml``; the paper's batch size is 256: set
-    ``data.batch_size=256``).
+    architecture warm-up; α/β are updated from the first iteration. Weights: SGD 0.1 → 0 at
+    batch 256 (``configs/cnn/mode/search_pcdarts.yaml:5-7``).
 
     ⚠ code vs paper (paper not checked; no difference confirmed): β is renormalised per node
     without the 1e-5 floor α gets (``architect_edarts.py`` comments the clamp out).
     """
 
     name = "gaea_pcdarts"
-    spaces = ("darts", "s1", "s2", "s3", "s4")
-    DEFAULTS: dict[str, Any] = dict(GaeaDarts.DEFAULTS, w_lr=0.1, w_lr_min=0.0, beta_lr=0.1, arch_warmup=0)
+    spaces = ("darts", "s1", "s2", "s3", "s4", "s5")
+    DEFAULTS: dict[str, Any] = dict(GaeaDarts.DEFAULTS, batch_size=256, w_lr=0.1, w_lr_min=0.0, beta_lr=0.1,
+                                    arch_warmup=0)
 
     @classmethod
     def mixing(cls, options: dict[str, Any]):

@@ -23,7 +23,10 @@ class GDAS(SampledGateMethod):
     mixing_cls = GumbelMixing
     DEFAULTS = dict(
         SearchMethod.DEFAULTS,
-        epochs=250, w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_weight_decay=5e-4, w_nesterov=True,
+        # configs/search-opts/GDAS-NASNet-CIFAR.config (DARTS space; NB201: batch 64, 5 cells per stage
+        # from NB201_DEFAULTS); 6 cells = NASNet-super N=2 (configs/search-archs/GDAS-NASNet-CIFAR.config).
+        epochs=250, batch_size=256, layers=6,
+        w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_weight_decay=5e-4, w_nesterov=True,
         w_grad_clip=5.0, alpha_lr=3e-4, alpha_betas=(0.5, 0.999), alpha_weight_decay=1e-3,
         lr_schedule_offset=0, step_order="weight_first", tau_max=10.0, tau_min=0.1, gate_seed=None,
     )

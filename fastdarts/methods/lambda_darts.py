@@ -152,7 +152,7 @@ class LambdaDarts(SearchMethod):
     """
 
     name = "lambda_darts"
-    spaces = ("darts", "s1", "s2", "s3", "s4", "nb201")
+    spaces = ("darts", "s1", "s2", "s3", "s4", "s5", "nb201")
     DEFAULTS: dict[str, Any] = dict(
         SearchMethod.DEFAULTS,
         # sota/cnn/train_search.py calls scheduler.step() *after* each epoch's training, so epoch
@@ -163,7 +163,7 @@ class LambdaDarts(SearchMethod):
     )
     # NAS-Bench201/scripts-search/algos/DARTS-V1.sh and configs/nas-benchmark/algos/DARTS.config.
     NB201_DEFAULTS: dict[str, Any] = dict(
-        epochs=100, w_weight_decay=3e-4, w_nesterov=False, lr_schedule_offset=0,
+        epochs=100, batch_size=64, layers=5, w_weight_decay=3e-4, w_nesterov=False, lr_schedule_offset=0,
         alpha_lr=1e-4, lambda_=0.25, epsilon=1e-4, step_order="weight_first",
     )
     # sota/cnn: `valid_queue = iter(valid_queue)` once per epoch, then next() every step.

@@ -145,7 +145,9 @@ class PRDarts(SampledGateMethod):
     mixing_cls = HardConcreteMixing
     DEFAULTS = dict(
         SearchMethod.DEFAULTS,
-        epochs=200, w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_weight_decay=5e-4, w_nesterov=True,
+        # configs/PRDARTS-NASNet-optimizer.config:5, 12; 6 cells = NASNet-super N=2 (PRDARTS-NASNet-archs.config:5)
+        epochs=200, batch_size=250, layers=6,
+        w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_weight_decay=5e-4, w_nesterov=True,
         w_grad_clip=5.0, alpha_lr=3e-4, alpha_betas=(0.5, 0.999), alpha_weight_decay=1e-3,
         lr_schedule_offset=0,  # D-X-Y-style cosine by epoch index
         step_order="weight_first",  # weight step, then architecture step

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from fastdarts.genotype import Genotype, NB201Genotype
 
-SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4")
+SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4", "s5")
 SUPERNETS = ("auto", "quark0", "nasnet")
 # Methods whose published DARTS-space search uses D-X-Y's NASNet-super network (ALGORITHMS.md §12.3).
 NASNET_METHODS = ("prdarts", "gdas")
@@ -38,7 +38,7 @@ def build_supernet(space: str = "darts", method: str = "darts", C: int = 16, num
     """Build the search supernet of ``space`` for ``method``.
 
     Args:
-        space: ``"darts"``, ``"nb201"`` or RobustDARTS ``"s1"``–``"s4"``.
+        space: ``"darts"``, ``"nb201"``, RobustDARTS ``"s1"``–``"s4"`` or Λ-DARTS' ``"s5"``.
         method: a name from :data:`fastdarts.methods.METHODS`.
         C: initial channels. num_classes: classifier outputs.
         layers: cells (DARTS spaces: default 8, NASNet-super: default 6 = 3N) or cells per stage

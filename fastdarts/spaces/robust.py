@@ -1,13 +1,16 @@
-"""RobustDARTS search spaces S1–S4 (automl/RobustDARTS ``src/spaces.py``).
+"""RobustDARTS search spaces S1–S4 (automl/RobustDARTS ``src/spaces.py``) and Λ-DARTS' S5.
 
 Each space is the DARTS cell and macro structure with its own candidate list on every edge;
 :func:`robust_primitives` returns the per-edge lists that
 :class:`fastdarts.spaces.darts.DartsSupernet` takes as ``primitives=``. The order inside each
-list is the α column order of the original code. S5 is the full DARTS space (``"darts"``).
+list is the α column order of the original code. ``"s5"`` is Λ-DARTS' ``s5``
+(dr-faustus/Lambda-DARTS ``sota/cnn/spaces.py:80-92``): the DARTS space without ``none``, the
+other 7 ops in quark0's order; the full 8-op DARTS space is ``"darts"``.
 """
 
 from __future__ import annotations
 
+from fastdarts.ops import DARTS_PRIMITIVES
 from fastdarts.spaces.darts import NUM_EDGES
 
 _SHORT = {
@@ -43,13 +46,14 @@ _UNIFORM = {
     "s2": ("skip_connect", "sep_conv_3x3"),
     "s3": ("none", "skip_connect", "sep_conv_3x3"),
     "s4": ("noise", "sep_conv_3x3"),
+    "s5": tuple(p for p in DARTS_PRIMITIVES if p != "none"),  # Λ-DARTS: `'none'` commented out
 }
 
-SPACES = ("s1", "s2", "s3", "s4")
+SPACES = ("s1", "s2", "s3", "s4", "s5")
 
 
 def robust_primitives(space: str) -> dict[str, list[tuple[str, ...]]]:
-    """Per-edge candidate lists of RobustDARTS space ``"s1"``–``"s4"``.
+    """Per-edge candidate lists of RobustDARTS space ``"s1"``–``"s4"`` or Λ-DARTS' ``"s5"``.
 
     Returns:
         ``{"normal": [14 tuples], "reduce": [14 tuples]}``; tuple ``e`` holds the op names of
