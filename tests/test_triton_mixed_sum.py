@@ -92,8 +92,22 @@ def _check_against_reference(xs, weights, grad):
         assert dx.dtype == dtype
         _assert_match(dx, r, p, dtype, f"grad of xs[{k}]")
     # grad_w is reduced and stored in fp32; PyTorch's low-precision loop reduces in the activation dtype
-    _assert_match(gw, ref_gw, pt_gw, dtype, "grad of weights", stored_in_dtype=False)
+    if dtype == torch.float32:
+        _assert_dot_close(gw, ref_gw, grad, xs, "grad of weights")
+    else:
+        _assert_match(gw, ref_gw, pt_gw, dtype, "grad of weights", stored_in_dtype=False)
     return out
+
+
+def _assert_dot_close(gw, gw_ref, grad, xs, what):
+    """Two fp32 evaluations of grad_w[k] = Σ_i g_i·x_k,i (n products) in different orders — the
+    kernel's tiles against PyTorch's vectorised sum, whose order depends on the CPU's SIMD width.
+    Each is within γ_(n+1)·Σ|g·x| of the exact value (u = eps/2), so they differ by at most
+    2·γ_(n+1)·Σ|g·x| ≈ (n+1)·eps·Σ|g·x|."""
+    abs_sum = torch.stack([(grad.double() * x.double()).abs().sum() for x in xs])
+    bound = (xs[0].numel() + 1) * torch.finfo(torch.float32).eps * abs_sum
+    err = (gw.double() - gw_ref.double()).abs()
+    assert bool((err <= bound).all()), f"{what}: error {err.tolist()} exceeds the reordering bound {bound.tolist()}"
 
 
 @pytest.mark.parametrize("shape", [(5, 7, 9), (2, 3, 11, 13), (1000,)], ids=str)
@@ -147,7 +161,7 @@ def test_partial_requires_grad():
     assert [dx.numel() == 0 for dx in dxs] == [not n for n in need]
     for k in range(1, 10, 2):
         torch.testing.assert_close(dxs[k], weights[k] * grad)
-    torch.testing.assert_close(gw, torch.stack([(grad * x).sum() for x in xs]))
+    _assert_dot_close(gw, torch.stack([(grad * x).sum() for x in xs]), grad, xs, "grad_w of mixed_sum_bwd")
     _, gw_none = ms.mixed_sum_bwd(grad, xs, weights, need + [False])
     assert gw_none.numel() == 0
 
