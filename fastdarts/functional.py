@@ -98,6 +98,11 @@ def _check_mixed_sum_args(xs: list[torch.Tensor], weights: torch.Tensor) -> None
                          f"{getattr(weights, 'shape', type(weights).__name__)}")
     if weights.numel() != len(xs):
         raise ValueError(f"got {len(xs)} candidate tensors but {weights.numel()} weights")
+    if not weights.is_floating_point():
+        raise ValueError(f"weights must be floating point, got {weights.dtype}")
+    bad = next((k for k, x in enumerate(xs) if not isinstance(x, torch.Tensor)), None)
+    if bad is not None:
+        raise TypeError(f"candidate {bad} is a {type(xs[bad]).__name__}, not a tensor")
     ref = xs[0]
     for k, x in enumerate(xs):
         if x.shape != ref.shape:
@@ -188,9 +193,10 @@ def gated_mixed_sum(xs, gates: torch.Tensor, active, *, backend: str = "auto") -
 
     Sampled-gate methods (PR-DARTS, DropNAS, GDAS) run only the candidates in ``active``;
     ``xs`` are their outputs, in ``active`` order, and ``gates`` is the full ``[K]`` gate row
-    (straight-through values, renormalised weights, ...). The active entries are gathered with
-    one indexing op and summed with :func:`mixed_sum`, so gradients reach ``gates`` (hence the
-    gate logits) at the active positions; inactive candidates get neither compute nor gradient.
+    (straight-through values, renormalised weights, ...). The active entries are taken from
+    ``gates`` without an index tensor (see :func:`select_entries`) and summed with
+    :func:`mixed_sum`, so gradients reach ``gates`` (hence the gate logits) at the active
+    positions; inactive candidates get neither compute nor gradient.
 
     Args:
         xs: outputs of the active candidates (a ``[len(active), ...]`` tensor or a sequence).
@@ -199,13 +205,44 @@ def gated_mixed_sum(xs, gates: torch.Tensor, active, *, backend: str = "auto") -
         backend: as for :func:`mixed_sum`.
     """
     xs = _as_list(xs)
-    active = [int(k) for k in active]
+    active = tuple(int(k) for k in active)
     if not isinstance(gates, torch.Tensor) or gates.dim() != 1:
         raise ValueError(f"gates must be a 1-D tensor with one entry per candidate, got "
                          f"{getattr(gates, 'shape', type(gates).__name__)}")
     if len(active) != len(xs):
-        raise ValueError(f"got {len(xs)} candidate outputs for {len(active)} active indices {active}")
+        raise ValueError(f"got {len(xs)} candidate outputs for {len(active)} active indices {list(active)}")
     if not active or not all(0 <= k < gates.numel() for k in active):
-        raise ValueError(f"active must be non-empty indices in [0, {gates.numel()}), got {active}")
-    index = torch.tensor(active, device=gates.device, dtype=torch.long)
-    return mixed_sum(xs, gates.index_select(0, index), backend=backend)
+        raise ValueError(f"active must be non-empty indices in [0, {gates.numel()}), got {list(active)}")
+    return mixed_sum(xs, select_entries(gates, active), backend=backend)
+
+
+def select_entries(row: torch.Tensor, indices: tuple[int, ...]) -> torch.Tensor:
+    """``row[list(indices)]`` for a 1-D ``row``, without building an index tensor.
+
+    An index tensor made from Python ints is a host→device copy, which on CUDA blocks the
+    host: once per edge and forward it would serialise the whole step. A run of consecutive
+    indices (every edge of a softmax-mixed supernet: all candidates but a leading ``none``) is a
+    view; other index sets stack views of the entries (one small device kernel, no copy).
+    Gradients flow back to ``row`` at ``indices``.
+    """
+    first, n = indices[0], len(indices)
+    if indices == tuple(range(first, first + n)):
+        return row.narrow(0, first, n)
+    entries = row.unbind(0)
+    return torch.stack([entries[k] for k in indices])
+
+
+_INDEX_CACHE: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
+
+
+def device_index(indices, device: torch.device | str) -> torch.Tensor:
+    """A ``long`` tensor of ``indices`` on ``device``, made once per (indices, device) and reused.
+
+    For fixed index lists (op groups, chain edges) used every step: the host→device copy happens
+    on the first call only, never inside a later step. Treat the result as read-only.
+    """
+    key = (tuple(int(i) for i in indices), torch.device(device))
+    out = _INDEX_CACHE.get(key)
+    if out is None:
+        out = _INDEX_CACHE[key] = torch.tensor(key[0], dtype=torch.long, device=key[1])
+    return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fastdarts.functional import device_index
 from fastdarts.spaces.common import node_edge_slices
 
 
@@ -443,6 +444,7 @@ class DropNASMixing(SampledMixing):
 
         self.primitives = tuple(DARTS_PRIMITIVES if primitives is None else primitives)
         self.groups = dropnas_groups(self.primitives)
+        self._group_ids = tuple(0 if p in DROPNAS_PARAMETRIC else 1 for p in self.primitives)
         self._present = {0 if p in DROPNAS_PARAMETRIC else 1 for p in self.primitives}
         self.set_drop_rate(drop_rate)
 
@@ -459,8 +461,9 @@ class DropNASMixing(SampledMixing):
         if K != len(self.primitives):
             raise ValueError(f"DropNASMixing was built for {len(self.primitives)} ops, α has {K} columns")
         dev = alpha.device
-        groups = self.groups.to(dev)
-        p = torch.tensor(self.drop_prob, device=dev)[groups]  # [K]
+        # Made on the device once (device_index caches it): no host→device copy per forward.
+        groups = device_index(self._group_ids, dev)
+        p = torch.where(groups == 0, self.drop_prob[0], self.drop_prob[1])  # [K], float32
         T = self.redraw_rounds
         keep = _uniforms(self.rng, stream, (T, E, K), dev, use_triton, 0) >= p  # [T, E, K]
         onehot = F.one_hot(groups, 2).to(keep.dtype)  # [K, 2]

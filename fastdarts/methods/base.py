@@ -19,6 +19,16 @@ import torch.nn.functional as F
 from fastdarts.gates import Mixing
 
 
+def batch_metrics(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The weight step's metrics, all on the device of ``y``: loss, correct predictions, batch size.
+
+    The count is a device fill, not ``torch.tensor(n)``, so the loop can sum every metric on the
+    device and read them once per log interval.
+    """
+    return {"loss": loss.detach(), "correct": (logits.argmax(1) == y).sum(),
+            "count": torch.full((), y.numel(), dtype=torch.long, device=y.device)}
+
+
 @contextlib.contextmanager
 def requires_grad_disabled(params: list[torch.Tensor]):
     """Temporarily mark ``params`` as not requiring gradients."""
@@ -159,7 +169,7 @@ class SearchMethod:
         loss.backward(inputs=self.weights)
         nn.utils.clip_grad_norm_(self.weights, self.hp["w_grad_clip"])
         self.w_optim.step()
-        return {"loss": loss.detach(), "correct": (logits.argmax(1) == y).sum(), "count": torch.tensor(y.numel())}
+        return batch_metrics(loss, logits, y)
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:

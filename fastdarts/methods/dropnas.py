@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from fastdarts.gates import DropNASMixing
-from fastdarts.methods.base import SearchMethod
+from fastdarts.methods.base import SearchMethod, batch_metrics
 from fastdarts.methods.prdarts import SampledGateMethod
 
 
@@ -109,4 +109,4 @@ class DropNAS(SampledGateMethod):
         if train_arch:
             self.a_optim.step()
             self.rescale_kept(samples)
-        return {"loss": loss.detach(), "correct": (logits.argmax(1) == y).sum(), "count": torch.tensor(y.numel())}
+        return batch_metrics(loss, logits, y)

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from fastdarts.methods.base import SearchMethod
+from fastdarts.methods.base import SearchMethod, batch_metrics
 
 CORR_TYPES = ("corr", "signcorr")
 
@@ -250,7 +250,7 @@ class LambdaDarts(SearchMethod):
             p.grad = g
         nn.utils.clip_grad_norm_(self.weights, self.hp["w_grad_clip"])
         self.w_optim.step()
-        metrics = {"loss": loss.detach(), "correct": (logits.argmax(1) == y).sum(), "count": torch.tensor(y.numel())}
+        metrics = batch_metrics(loss, logits, y)
         if self.num_regularised >= 2:
             metrics["grad_corr"] = mean_pairwise_cosine(g_cells)
         return metrics

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
+from fastdarts.functional import device_index
 from fastdarts.gates import HardConcreteMixing, SampledMixing, hard_concrete_prob_nonzero
 from fastdarts.methods.base import SearchMethod
 from fastdarts.spaces.common import node_edge_slices
@@ -83,16 +84,18 @@ def group_mean(P: torch.Tensor, m: torch.Tensor, cols: list[int]) -> torch.Tenso
     """``Σ_{e, o∈G} P·m / Σ_{e, o∈G} m`` (0 when nothing in the group is selected)."""
     if not cols:
         return P.new_zeros(())
-    num = (P[:, cols] * m[:, cols]).sum()
-    return num / m[:, cols].sum().clamp_min(1.0)  # m is 0/1: a non-zero count is >= 1
+    # Indexing with a Python list would copy it to the device each call (a host round trip on CUDA).
+    idx = device_index(cols, P.device)
+    Pg, mg = P.index_select(1, idx), m.index_select(1, idx)
+    return (Pg * mg).sum() / mg.sum().clamp_min(1.0)  # m is 0/1: a non-zero count is >= 1
 
 
 def path_depth(P: torch.Tensor, m: torch.Tensor, conv_cols: list[int], steps: int) -> torch.Tensor:
     """``Π r_e`` over the chain edges with a selected conv, ``r_e = Σ_conv P·m / Σ_conv m`` (0 if none)."""
     if not conv_cols:
         return P.new_zeros(())
-    rows = chain_edges(steps)
-    Pc, mc = P[rows][:, conv_cols], m[rows][:, conv_cols]
+    rows, cols = device_index(chain_edges(steps), P.device), device_index(conv_cols, P.device)
+    Pc, mc = P.index_select(0, rows).index_select(1, cols), m.index_select(0, rows).index_select(1, cols)
     den = mc.sum(-1)
     has = den > 0
     r = (Pc * mc).sum(-1) / den.clamp_min(1.0)
