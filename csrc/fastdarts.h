@@ -73,6 +73,13 @@ inline std::vector<at::Tensor> same_storage_order(at::TensorList ts) {
   return out;
 }
 
+// `t` laid out in the storage order of `ref` (a tensor returned by same_storage_order), without a
+// copy when it already is. Backward kernels use it for grad: the inputs fix the layout, so a
+// non-dense or differently laid out grad costs one copy of grad, never copies of the K inputs.
+inline at::Tensor in_storage_order_of(const at::Tensor& t, const at::Tensor& ref) {
+  return t.contiguous(kernel_memory_format(ref));
+}
+
 // Checks shared by the CPU and CUDA mixed_sum kernels (forward and backward).
 inline void check_mixed_sum_args(at::TensorList xs, const at::Tensor& weights, const char* op) {
   TORCH_CHECK(!xs.empty(), op, ": xs must be a non-empty list of tensors");

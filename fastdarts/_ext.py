@@ -89,7 +89,7 @@ def _mixed_sum_fake(xs, weights):
 
 
 def _mixed_sum_backward_fake(grad, xs, weights, needs_input_grad):
-    like = _storage_order_like([grad, *xs])
+    like = _storage_order_like(xs)  # the inputs' layout, whatever grad's (in_storage_order_of)
     grad_xs = [torch.empty_like(like) if need else grad.new_empty(0) for need in needs_input_grad]
     grad_w = weights.new_empty(len(xs), dtype=_acc_dtype(grad.dtype))
     return grad_xs, grad_w

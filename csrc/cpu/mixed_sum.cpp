@@ -82,17 +82,14 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at:
                                                                        c10::List<bool> needs_input_grad) {
   check_mixed_sum_backward_args(grad_in, xs_in, weights, needs_input_grad, "fastdarts::mixed_sum_backward");
   const int64_t K = static_cast<int64_t>(xs_in.size());
-  // grad first: it fixes the storage order (and so the layout of grad_xs) when layouts differ.
-  std::vector<at::Tensor> all;
-  all.reserve(K + 1);
-  all.push_back(grad_in);
-  for (const auto& x : xs_in) all.push_back(x);
-  all = same_storage_order(all);
-  const at::Tensor& grad = all[0];
+  // The inputs fix the storage order (and so the layout of grad_xs): a non-dense or differently
+  // laid out grad costs one copy of grad, never copies of the K inputs.
+  const auto xs = same_storage_order(xs_in);
+  const at::Tensor grad = in_storage_order_of(grad_in, xs[0]);
 
   std::vector<at::Tensor> grad_xs(K);
   for (int64_t k = 0; k < K; ++k) {
-    grad_xs[k] = needs_input_grad.get(k) ? at::empty_like(grad) : at::empty({0}, grad.options());
+    grad_xs[k] = needs_input_grad.get(k) ? at::empty_like(xs[0]) : at::empty({0}, grad.options());
   }
   const auto acc_type = acc_dtype(grad.scalar_type());
   at::Tensor grad_w = at::empty({K}, grad.options().dtype(acc_type));
@@ -110,7 +107,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(const at:
     std::vector<const scalar_t*> xp(K);
     std::vector<scalar_t*> gxp(K, nullptr);
     for (int64_t k = 0; k < K; ++k) {
-      xp[k] = all[k + 1].const_data_ptr<scalar_t>();
+      xp[k] = xs[k].const_data_ptr<scalar_t>();
       if (needs_input_grad.get(k)) gxp[k] = grad_xs[k].mutable_data_ptr<scalar_t>();
     }
     // partial[c * K + k] = <grad, xs[k]> over chunk c. Chunks are fixed-size (kReduceChunk),
