@@ -279,3 +279,18 @@ def test_gaea_single_level_draws_alpha_batches_from_all_training_images(tmp_path
         assert seen["train"] == seen["valid"] == n
     else:
         assert seen["train"] + seen["valid"] == n and seen["train"] < n
+
+
+def test_readme_recipe_table_matches_the_recipes():
+    """The README's recipe table (method, batch, cells, epochs) cannot drift from the YAML files."""
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    with open(readme, encoding="utf-8") as f:
+        rows = [ln.split("|")[1:-1] for ln in f if ln.startswith("| `") and "-" in ln.split("|")[1]]
+    table = {r[0].strip().strip("`"): [c.strip() for c in r[1:]] for r in rows}
+    table = {k: v for k, v in table.items() if k in EXPECTED}
+    assert set(table) == set(EXPECTED)
+    for name, (method, _space, batch, cells, epochs, _source) in table.items():
+        exp = EXPECTED[name]
+        assert method.split()[0].strip("`") == exp["method"], name
+        assert int(batch) == exp["batch"] and int(cells.split()[0]) == exp["layers"], name
+        assert int(epochs.split()[0]) == exp["epochs"], name
