@@ -69,6 +69,9 @@ class SearchConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     method_options: dict = field(default_factory=dict)
     stem: str = "cifar"
+    log_every: int = 50  # steps between reads of the device-side metrics (and at each epoch end)
+    on_nonfinite: str = "stop"  # NaN/inf loss or architecture tensor: stop | skip (drop the step's updates)
+    max_skipped: int = 10  # on_nonfinite=skip: the run stops at the next non-finite step after this many
 
 
 @dataclass

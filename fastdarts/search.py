@@ -12,6 +12,18 @@ Run directory layout::
 A run resumed from its checkpoint continues bit for bit on CPU: every epoch's batches
 depend only on (seed, epoch), and the checkpoint holds the RNG state, the weights, the
 architecture tensors and the optimiser states.
+
+Host reads: the step metrics (loss, accuracy, architecture loss) are summed on the device and
+read by the host once per ``log_every`` steps (default 50) and at each epoch end, in one small
+copy; nothing in the loop waits for the device in between. The non-finite check rides on that
+read: each step records on the device whether its loss-type metrics or architecture tensors
+hold NaN/inf, and the read raises. With ``on_nonfinite=stop`` (default) a run therefore stops
+up to ``log_every − 1`` steps after the bad step (always before that epoch's checkpoint, so the
+checkpoint kept is the last good epoch), and the message names the tensor, the epoch and the
+bad step. ``on_nonfinite=skip`` snapshots the weights, buffers, architecture tensors and
+optimiser states before each step and reads that step's flags at once (one small copy per
+step, the price of undoing a bad step exactly); a bad step is undone, logged and counted, and
+the run stops at the first bad step after ``max_skipped`` (default 10) were skipped.
 """
 
 from __future__ import annotations
@@ -127,13 +139,111 @@ def _default_run_dir(cfg: SearchConfig) -> str:
     return os.path.join("runs", f"{cfg.method}-{cfg.space}-{data}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def _check_finite(metrics: dict, arch: list, epoch: int, step: int, run_dir: str) -> None:
-    bad = [k for k, v in metrics.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    bad += [f"architecture tensor {i}" for i, a in enumerate(arch) if not torch.isfinite(a).all()]
-    if bad:
-        raise FloatingPointError(
-            f"non-finite {', '.join(bad)} at epoch {epoch} step {step}; the run stopped and "
-            f"{os.path.join(run_dir, CHECKPOINT)} holds the last good epoch (resume with --resume)")
+ON_NONFINITE = ("stop", "skip")
+
+
+def _check_loop_options(cfg: SearchConfig) -> None:
+    """Refuse bad ``log_every`` / ``on_nonfinite`` / ``max_skipped`` before any work starts."""
+    if isinstance(cfg.log_every, bool) or not isinstance(cfg.log_every, int) or cfg.log_every < 1:
+        raise ValueError(f"log_every must be an integer >= 1 (steps between metric reads), got {cfg.log_every!r}")
+    if cfg.on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"unknown on_nonfinite {cfg.on_nonfinite!r}; choose one of {ON_NONFINITE}")
+    if isinstance(cfg.max_skipped, bool) or not isinstance(cfg.max_skipped, int) or cfg.max_skipped < 0:
+        raise ValueError(f"max_skipped must be an integer >= 0, got {cfg.max_skipped!r}")
+
+
+def _finite_flags(metrics: dict, arch: list, arch_names: list) -> tuple[tuple[str, ...], torch.Tensor]:
+    """Names of the checked quantities (float metrics, then architecture tensors) and a device
+    bool vector, True where that quantity has a NaN/inf. No host synchronisation."""
+    names = [k for k, v in metrics.items() if v.is_floating_point()]
+    values = [metrics[k] for k in names] + list(arch)
+    names += [f"architecture tensor {n}" for n in arch_names]
+    return tuple(names), ~torch.stack([torch.isfinite(v).all() for v in values])
+
+
+class _EpochMetrics:
+    """One epoch's step metrics, summed on the device and read on the host once per log interval.
+
+    ``add`` sums loss, correct predictions, count and (when the architecture step ran) the
+    architecture loss into a float64 device vector (the same float64 sums as adding the values
+    on the host). ``note_bad`` records, on the device, the first step of the interval whose
+    checked quantities were non-finite and which ones. ``read`` is the interval's single
+    device→host copy.
+    """
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct, count, arch_loss
+        self.steps = self.arch_steps = 0
+        self.names: tuple[str, ...] | None = None
+        self.bad_step = self.bad_flags = None
+
+    def add(self, metrics: dict) -> None:
+        parts = [metrics["loss"], metrics["correct"], metrics["count"]]
+        if "arch_loss" in metrics:
+            parts.append(metrics["arch_loss"])
+            self.arch_steps += 1
+        self.steps += 1
+        self.sums[: len(parts)] += torch.stack([t.to(torch.float64) for t in parts])
+
+    def note_bad(self, names: tuple[str, ...], bad: torch.Tensor, step: int) -> None:
+        """Keep the first non-finite step since the last read (``names`` fixed within an interval)."""
+        if self.bad_step is None:
+            self.names = names
+            self.bad_step = torch.full((), -1, dtype=torch.long, device=bad.device)
+            self.bad_flags = torch.zeros_like(bad)
+        first = bad.any() & (self.bad_step < 0)
+        self.bad_step = torch.where(first, step, self.bad_step)
+        self.bad_flags = torch.where(first, bad, self.bad_flags)
+
+    def read(self) -> tuple[list[float], int | None, list[str]]:
+        """(sums, first bad step or None, names of its non-finite quantities); resets the bad record."""
+        parts = [self.sums]
+        if self.bad_step is not None:
+            parts += [self.bad_step.to(torch.float64).reshape(1), self.bad_flags.to(torch.float64)]
+        host = torch.cat(parts).tolist()  # the one device→host copy of this interval
+        sums, step, bad = host[:4], None, []
+        if self.bad_step is not None and host[4] >= 0:
+            step = int(host[4])
+            bad = [n for n, flag in zip(self.names, host[5:]) if flag]
+        self.names = self.bad_step = self.bad_flags = None
+        return sums, step, bad
+
+
+class _StepUndo:
+    """``on_nonfinite=skip``: snapshot what a step changes, and put it back when the step was bad.
+
+    A step changes the supernet's parameters and buffers (BatchNorm statistics), the
+    architecture tensors and the optimisers' states. They are copied before every step and
+    restored exactly (an optimiser state created by the bad step is removed again). The gate
+    sampler's counter is not rewound: the next step draws new gates, as after any step.
+    """
+
+    def __init__(self, model: torch.nn.Module, method):
+        self.tensors = [*model.parameters(), *model.buffers(), *method.arch]
+        self.optimizers = [v for v in vars(method).values() if isinstance(v, torch.optim.Optimizer)]
+        self.saved: list = []
+        self.saved_states: list = []
+
+    def snapshot(self) -> None:
+        self.saved = [t.detach().clone() for t in self.tensors]
+        self.saved_states = [{p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+                              for p, st in opt.state.items()} for opt in self.optimizers]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for t, s in zip(self.tensors, self.saved):
+            t.copy_(s)
+        for opt, states in zip(self.optimizers, self.saved_states):
+            opt.state.clear()
+            opt.state.update(states)
+
+
+def _nonfinite_error(bad: list[str], epoch: int, step: int, ckpt_path: str, has_ckpt: bool,
+                     detail: str = "") -> FloatingPointError:
+    kept = (f"{ckpt_path} holds the last good epoch (resume with --resume)" if has_ckpt
+            else "no checkpoint had been written yet")
+    return FloatingPointError(f"non-finite {', '.join(bad)} at epoch {epoch} step {step}{detail}; "
+                              f"the run stopped and {kept}")
 
 
 def search(config=None, *, resume: bool = False) -> SearchResult:
@@ -151,6 +261,7 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
     # Method defaults fill what the config leaves at None (batch size, epochs, cells, optimisers).
     cfg = resolve_search_config(_coerce_config(config))
     check_search_config(cfg)
+    _check_loop_options(cfg)
     method_cls = get_method(cfg.method)
     if resume and not cfg.run_dir:
         raise ValueError("resume=True needs run_dir= pointing at the run to continue")
@@ -187,7 +298,7 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
                 data.test.num_samples, device, epochs)
     logger.info("hyper-parameters: %s", hyper)
 
-    start_epoch, history = 0, []
+    start_epoch, history, skipped = 0, [], 0
     if resume:
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
@@ -197,6 +308,7 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
         start_epoch, history = state["epoch"] + 1, list(state["history"])
+        skipped = int(state.get("skipped_steps", 0))
         logger.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
 
     from torch.utils.tensorboard import SummaryWriter
@@ -210,17 +322,31 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
 
     genotype = model.genotype()
     arch = model.arch_parameters()
+    arch_names = model.arch_names() if hasattr(model, "arch_names") else [str(i) for i in range(len(arch))]
+    undo = _StepUndo(model, method) if cfg.on_nonfinite == "skip" else None
     for epoch in range(start_epoch, epochs):
         t0 = time.time()
         method.begin_epoch(epoch)
         model.train()
         data.train.set_epoch(epoch)
-        sums = {"loss": 0.0, "arch_loss": 0.0, "correct": 0, "count": 0, "steps": 0, "arch_steps": 0}
+        acc = _EpochMetrics(device)
         if method.valid_sampling == "random":
             valid_iter = data.valid.random_batches(epoch)
         else:
             valid_iter = iter(data.valid.iterate(epoch))
+
+        def read_metrics(step: int) -> list[float]:
+            """The interval's one host read: sums so far, and the non-finite check of its steps."""
+            sums, bad_step, bad = acc.read()
+            if bad_step is not None:
+                raise _nonfinite_error(bad, epoch, bad_step, ckpt_path, os.path.isfile(ckpt_path),
+                                       f" (seen at the metric read after step {step}, log_every={cfg.log_every})")
+            if acc.steps:
+                bar.set_postfix(loss=f"{sums[0] / acc.steps:.3f}")
+            return sums
+
         bar = tqdm(data.train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+        step = -1
         for step, (xt, yt) in enumerate(bar):
             try:
                 xv, yv = next(valid_iter)
@@ -229,23 +355,41 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
                 xv, yv = next(valid_iter)
             batch_t = (xt.to(device, non_blocking=True), yt.to(device, non_blocking=True))
             batch_v = (xv.to(device, non_blocking=True), yv.to(device, non_blocking=True))
+            if undo is not None:
+                undo.snapshot()
             metrics = method.step(batch_t, batch_v, step)
-            _check_finite(metrics, arch, epoch, step, run_dir)
-            sums["loss"] += metrics["loss"].item()
-            sums["correct"] += int(metrics["correct"])
-            sums["count"] += int(metrics["count"])
-            sums["steps"] += 1
-            if "arch_loss" in metrics:
-                sums["arch_loss"] += metrics["arch_loss"].item()
-                sums["arch_steps"] += 1
-            bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.3f}")
+            names, bad = _finite_flags(metrics, arch, arch_names)
+            if undo is not None:
+                # skip: this step's flags are read now (one small copy per step), to undo it at once.
+                flags = bad.tolist()
+                if any(flags):
+                    undo.restore()
+                    skipped += 1
+                    what = ", ".join(n for n, f in zip(names, flags) if f)
+                    if skipped > cfg.max_skipped:
+                        raise _nonfinite_error([what], epoch, step, ckpt_path, os.path.isfile(ckpt_path),
+                                               f" ({skipped} non-finite steps, more than max_skipped="
+                                               f"{cfg.max_skipped})")
+                    logger.warning("non-finite %s at epoch %d step %d: step skipped (%d of at most %d)",
+                                   what, epoch, step, skipped, cfg.max_skipped)
+                    continue
+            else:
+                if acc.names is not None and names != acc.names:  # new set of metrics: close the interval
+                    read_metrics(step - 1)
+                acc.note_bad(names, bad, step)
+            acc.add(metrics)
+            if (step + 1) % cfg.log_every == 0:
+                sums = read_metrics(step)
+                logger.info("epoch %d/%d step %d loss %.4f acc %.2f%%", epoch + 1, epochs, step + 1,
+                            sums[0] / max(acc.steps, 1), 100.0 * sums[1] / max(sums[2], 1))
+        sums = read_metrics(step)  # epoch end: every step is checked before the checkpoint is written
         bar.close()
         genotype = model.genotype()
         row = {
             "epoch": epoch, "lr": method.lr,
-            "train_loss": sums["loss"] / max(sums["steps"], 1),
-            "train_acc": 100.0 * sums["correct"] / max(sums["count"], 1),
-            "arch_loss": sums["arch_loss"] / sums["arch_steps"] if sums["arch_steps"] else math.nan,
+            "train_loss": sums[0] / max(acc.steps, 1),
+            "train_acc": 100.0 * sums[1] / max(sums[2], 1),
+            "arch_loss": sums[3] / acc.arch_steps if acc.arch_steps else math.nan,
             "seconds": time.time() - t0,
             "genotype": str(genotype.to_dict()),
         }
@@ -262,6 +406,7 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
         state = {
             "epoch": epoch, "model": model.state_dict(), "arch": model.arch_state_dict(),
             "method": method.state_dict(), "rng": torch.get_rng_state(), "history": history,
+            "skipped_steps": skipped,
             "config": to_dict(cfg),
         }
         if device.type == "cuda":
