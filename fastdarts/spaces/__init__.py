@@ -50,7 +50,6 @@ def build_supernet(space: str = "darts", method: str = "darts", C: int = 16, num
             ``stem_multiplier``, ``primitives``, NASNet-super's ``track_running_stats`` and
             ``conv_bias``, and method options (e.g. ``k`` for PC-DARTS).
 
-
     Returns:
         A module with ``forward(x) -> logits``, ``arch_parameters()`` (original order) and ``genotype()``.
     """
