@@ -13,6 +13,7 @@ import sys
 
 import yaml
 
+from fastdarts.checkpoint import CHECKPOINT, CheckpointWriteError
 from fastdarts.config import (
     SearchConfig,
     TrainConfig,
@@ -23,6 +24,7 @@ from fastdarts.config import (
     resolve_search_config,
     to_dict,
 )
+from fastdarts.validate import check_run_dir
 
 
 def _split_args(items: list[str], recipes: bool = False) -> tuple[str | None, list[str]]:
@@ -45,9 +47,10 @@ def _config(cls, args, default_path: str | None, extra: list[str]):
     """The run's config: the saved one of ``--resume RUN_DIR``, else the YAML (or default) + overrides."""
     path, overrides = _split_args(args.items, recipes=cls is SearchConfig)
     if args.resume:
+        check_run_dir(args.resume, resume=True, checkpoint=CHECKPOINT)
         saved = os.path.join(args.resume, "config.yaml")
         if not os.path.isfile(saved):
-            raise SystemExit(f"fastdarts: cannot resume, {saved} not found")
+            raise FileNotFoundError(f"cannot resume: {saved} not found (the run's resolved config)")
         return load_config(cls, saved, overrides + [f"run_dir={args.resume}"])
     return load_config(cls, path or default_path, overrides + extra)
 
@@ -112,15 +115,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit statuses: 2 bad input (also argparse's), 1 a fault during the run, 130 Ctrl-C (128 + SIGINT).
+EXIT_BAD_INPUT, EXIT_FAULT, EXIT_INTERRUPTED = 2, 1, 130
+_BAD_INPUT = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "train" and args.genotype and "=" in args.genotype:  # only overrides were given
-        args.items.insert(0, args.genotype)
-        args.genotype = None
-    if args.command == "train" and not args.genotype and not args.resume:
-        raise SystemExit("fastdarts train: give a genotype JSON (or --resume RUN_DIR)")
+    """Run the CLI; errors are one line on stderr (``fastdarts: error: ...``) and an exit status,
+    never a traceback (``FASTDARTS_TRACEBACK=1`` re-raises them, for debugging)."""
+    args = build_parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
     try:
+        if args.command == "train" and args.genotype and "=" in args.genotype:  # only overrides were given
+            args.items.insert(0, args.genotype)
+            args.genotype = None
+        if args.command == "train" and not args.genotype and not args.resume:
+            raise ValueError("fastdarts train needs a genotype JSON (or --resume RUN_DIR)")
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
-        print(f"fastdarts: error: {err}", file=sys.stderr)
-        return 2
+    except (KeyboardInterrupt, OSError, ValueError, TypeError, FloatingPointError) as err:
+        status = _exit_status(err)
+        if os.environ.get("FASTDARTS_TRACEBACK") == "1":
+            raise
+        prefix = "fastdarts:" if status == EXIT_INTERRUPTED else "fastdarts: error:"
+        print(f"{prefix} {_one_line(err) if str(err) else 'interrupted'}", file=sys.stderr)
+        return status
+
+
+def _exit_status(err: BaseException) -> int:
+    """2 for bad input, 1 for a fault during the run (the last checkpoint is kept), 130 for Ctrl-C."""
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(err, (CheckpointWriteError, FloatingPointError)):
+        return EXIT_FAULT
+    if isinstance(err, _BAD_INPUT):
+        return EXIT_BAD_INPUT
+    return EXIT_FAULT  # other I/O errors during a run (disk full while logging, ...)

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import yaml
 
 from fastdarts.data import DataConfig
+from fastdarts.validate import did_you_mean
 
 
 @dataclass
@@ -72,6 +73,7 @@ class SearchConfig:
     log_every: int = 50  # steps between reads of the device-side metrics (and at each epoch end)
     on_nonfinite: str = "stop"  # NaN/inf loss or architecture tensor: stop | skip (drop the step's updates)
     max_skipped: int = 10  # on_nonfinite=skip: the run stops at the next non-finite step after this many
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True), cuDNN deterministic (README)
 
 
 @dataclass
@@ -94,6 +96,7 @@ class TrainConfig:
     seed: int = 0
     run_dir: str | None = None
     device: str = "auto"
+    deterministic: bool = False  # as SearchConfig.deterministic
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -115,9 +118,11 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
                 if low not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(value)
                 return low in ("true", "1", "yes")
-            return bool(value)
+            if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+                return bool(value)
+            raise ValueError(value)
         if origin is int:
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
         if origin is float:
@@ -140,7 +145,8 @@ def _apply(obj, updates: dict[str, Any], prefix: str = "") -> None:
     for key, value in updates.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ValueError(f"unknown config key {full!r}; valid keys here: {names}")
+            raise ValueError(f"unknown config key {full!r}{did_you_mean(key, names)} (valid keys here: "
+                             f"{', '.join(names)})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if isinstance(value, dict):
@@ -180,14 +186,30 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return tree
 
 
+def _read_yaml(path: str) -> Any:
+    """``yaml.safe_load`` of a config file (never builds Python objects); problems as one-line ValueErrors."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"config file {path} is not valid YAML: {err.problem or err.context}{where}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"config file {path} cannot be read ({type(err).__name__}: {err})") from None
+
+
 def load_config(cls, path: str | None = None, overrides: Sequence[str] = ()):
     """Build a ``cls`` config from defaults, an optional YAML file and ``key=value`` overrides."""
     cfg = cls()
     if path is not None:
+        if os.path.isdir(path):
+            raise ValueError(f"config file {path} cannot be read (it is a directory)")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file {path} not found")
-        with open(path) as f:
-            content = yaml.safe_load(f) or {}
+        content = _read_yaml(path)
         if not isinstance(content, dict):
             raise ValueError(f"config file {path} must hold a mapping, got {type(content).__name__}")
         _apply(cfg, content)

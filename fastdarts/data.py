@@ -36,12 +36,13 @@ fraction (``train_portion`` / ``1 - train_portion``).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
 import random
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +104,7 @@ class DataConfig:
     subset: float = 1.0  # per-class fraction of all training images kept for the weight split
     arch_subset: float | None = None  # per-class fraction for the architecture split; None = all of it
     num_workers: int = 0  # DataLoader workers (ImageFolder only; in-memory sets batch in-process)
+    skip_corrupt: bool = False  # ImageFolder: drop unreadable images from their batch (logged) instead of stopping
 
     def __post_init__(self):
         if isinstance(self.name, os.PathLike):
@@ -271,8 +273,8 @@ class _FolderDataset(torch.utils.data.Dataset):
         try:
             with Image.open(path) as im:
                 img = im.convert("RGB")
-        except Exception as e:  # re-raise with the file name
-            raise OSError(f"cannot read image {path}: {e}") from e
+        except Exception as e:  # PIL raises several types; the main process decides (_FolderSource._checked)
+            return _Unreadable(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "))
         S = self.image_size
         rng = None if seed is None else random.Random(seed)
         if rng is None:
@@ -351,14 +353,32 @@ def _sample_keys(idx: torch.Tensor, aug_seed: int | None) -> list:
     return [(int(i), rng.getrandbits(63)) for i in idx.tolist()]
 
 
-def _collate(items) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*items, strict=True)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
+class CorruptImageError(ValueError):
+    """An image file PIL cannot decode (the message names it); ``data.skip_corrupt=true`` skips such files."""
+
+
+class _Unreadable(NamedTuple):
+    """What ``_FolderDataset`` returns for an image it cannot decode (picklable across workers)."""
+
+    path: str
+    reason: str
+
+
+def _collate(items) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[_Unreadable, ...]]:
+    """(images, labels, unreadable items) of one batch; images/labels are None if none could be read."""
+    good = [it for it in items if not isinstance(it, _Unreadable)]
+    bad = tuple(it for it in items if isinstance(it, _Unreadable))
+    if not good:
+        return None, None, bad
+    xs, ys = zip(*good, strict=True)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long), bad
 
 
 class _FolderSource:
-    def __init__(self, dataset: _FolderDataset):
+    def __init__(self, dataset: _FolderDataset, skip_corrupt: bool = False):
         self.dataset = dataset
+        self.skip_corrupt = bool(skip_corrupt)
+        self._skipped: set[str] = set()
         self.labels = torch.tensor(dataset.labels, dtype=torch.long)
         self.image_size = dataset.image_size
         self.mean = tuple(dataset.mean.flatten().tolist())
@@ -367,8 +387,22 @@ class _FolderSource:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _checked(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stop at an unreadable image, or (``skip_corrupt``) drop it from its batch and log it once."""
+        x, y, bad = batch
+        for item in bad:
+            if not self.skip_corrupt:
+                raise CorruptImageError(f"cannot read image {item.path} ({item.reason}); fix or remove it, or set "
+                                        "data.skip_corrupt=true to skip unreadable images")
+            if item.path not in self._skipped:
+                self._skipped.add(item.path)
+                logging.getLogger("fastdarts").warning("skipping unreadable image %s (%s)", item.path, item.reason)
+        if x is None:
+            raise CorruptImageError(f"every image of a batch is unreadable (first: {bad[0].path})")
+        return x, y
+
     def fetch(self, idx: torch.Tensor, aug_seed: int | None):
-        return _collate([self.dataset[k] for k in _sample_keys(idx, aug_seed)])
+        return self._checked(_collate([self.dataset[k] for k in _sample_keys(idx, aug_seed)]))
 
     def iterate(self, specs, num_workers: int = 0, n_batches: int | None = None):
         if num_workers <= 0:
@@ -379,7 +413,8 @@ class _FolderSource:
             self.dataset, batch_sampler=_SpecBatchSampler(specs, n_batches), num_workers=num_workers,
             collate_fn=_collate,
         )
-        yield from loader
+        for batch in loader:
+            yield self._checked(batch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -615,6 +650,10 @@ def _has(path: str, files) -> bool:
     return all(os.path.isfile(os.path.join(path, f)) for f in files)
 
 
+def _has_any(path: str, files) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in files)
+
+
 def _find_cifar_dir(root: str, kind: str) -> str:
     files, sub = (_CIFAR10_FILES, "cifar-10-batches-py") if kind == "cifar10" else (_CIFAR100_FILES, "cifar-100-python")
     for cand in (root, os.path.join(root, sub)):
@@ -676,9 +715,11 @@ def _resolve(cfg: DataConfig) -> tuple[str, str | None]:
         return "imagefolder", root
     path = os.path.expanduser(cfg.name)
     if os.path.isdir(path):
-        if _has(path, _CIFAR10_FILES) or os.path.isdir(os.path.join(path, "cifar-10-batches-py")):
+        # Any CIFAR batch file marks a CIFAR folder, so an incomplete one names its missing batches.
+        if _has_any(path, _CIFAR10_FILES + ("batches.meta",)) or os.path.isdir(
+                os.path.join(path, "cifar-10-batches-py")):
             return "cifar10", _find_cifar_dir(path, "cifar10")
-        if _has(path, _CIFAR100_FILES) or os.path.isdir(os.path.join(path, "cifar-100-python")):
+        if _has_any(path, _CIFAR100_FILES + ("meta",)) or os.path.isdir(os.path.join(path, "cifar-100-python")):
             return "cifar100", _find_cifar_dir(path, "cifar100")
         return "imagefolder", path
     if os.path.exists(path):
@@ -831,8 +872,8 @@ def _load_imagefolder(cfg: DataConfig, root: str) -> _Loaded:
         train_idx = [i for i in range(len(paths)) if i not in held]
         train = _FolderDataset([paths[i] for i in train_idx], [labels[i] for i in train_idx], **common)
         test = _FolderDataset([paths[i] for i in test_idx], [labels[i] for i in test_idx], **common)
-    return _Loaded("imagefolder", _FolderSource(train), _FolderSource(test), len(classes), S, classes,
-                   stratified=True)
+    return _Loaded("imagefolder", _FolderSource(train, cfg.skip_corrupt), _FolderSource(test, cfg.skip_corrupt),
+                   len(classes), S, classes, stratified=True)
 
 
 def _load(cfg: DataConfig) -> _Loaded:

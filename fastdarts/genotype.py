@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections import namedtuple
 from typing import Sequence
 
 import torch
+
+from fastdarts.validate import did_you_mean
 
 _DartsTuple = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
@@ -109,17 +110,11 @@ def derive_nb201(scores: torch.Tensor, primitives: Sequence[str], max_nodes: int
     return NB201Genotype(nodes)
 
 
-def _close(name: str, choices) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _check_op(op, where: str) -> None:
     from fastdarts.ops import OPS
 
     if not isinstance(op, str) or op not in OPS:
-        raise ValueError(f"{where} uses unknown op {op!r}{_close(op, OPS)} (known ops: {', '.join(sorted(OPS))})")
+        raise ValueError(f"{where} uses unknown op {op!r}{did_you_mean(op, OPS)} (known ops: {', '.join(sorted(OPS))})")
 
 
 def _check_index(value, where: str) -> int:

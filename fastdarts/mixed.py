@@ -15,6 +15,8 @@ recomputes the op outputs in backward, with BatchNorm running statistics updated
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -50,13 +52,34 @@ class _MixedBase(nn.Module):
         self.backend = check_backend_name(backend)
         self.recompute = bool(recompute)
         self.stride = stride
+        self._channels = C_ops  # channels the candidates take (C/k for PartialMixedOp)
         self._ops = nn.ModuleList(make_search_op(p, C_ops, stride) for p in self.primitives)
 
     def _check_weights(self, weights: torch.Tensor) -> None:
-        if weights.dim() != 1 or weights.shape[0] != len(self._ops):
+        if not isinstance(weights, torch.Tensor) or weights.dim() != 1 or weights.shape[0] != len(self._ops):
             raise ValueError(f"{type(self).__name__} has {len(self._ops)} candidates "
                              f"{list(self.primitives)}; weights must have shape [{len(self._ops)}], "
-                             f"got {tuple(weights.shape)}")
+                             f"got {tuple(getattr(weights, 'shape', ())) or type(weights).__name__}")
+
+    def _check_inputs(self, x: torch.Tensor, weights: torch.Tensor, channels: int) -> None:
+        """Shape, dtype and device checks of ``forward``'s tensors (metadata only: no host sync)."""
+        name = type(self).__name__
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{name} expects input of shape [N, {channels}, H, W], got {got}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} input must be floating point, got {x.dtype}")
+        if not torch.is_autocast_enabled(x.device.type):  # autocast casts per op; otherwise dtypes must agree
+            state = next((t for t in itertools.chain(self._ops.parameters(), self._ops.buffers())
+                          if t.is_floating_point()), None)
+            if state is not None and state.dtype != x.dtype:
+                raise ValueError(f"{name} input is {x.dtype} but its parameters are {state.dtype}; cast one to "
+                                 "the other (or run under torch.autocast)")
+        self._check_weights(weights)
+        if not weights.is_floating_point():
+            raise ValueError(f"{name} weights must be floating point, got {weights.dtype}")
+        if weights.device != x.device:
+            raise ValueError(f"{name} weights are on {weights.device} but the input on {x.device}")
 
     def _eager_sum(self, x: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
         # Literally quark0/darts' MixedOp.forward: the reference every backend is tested against.
@@ -119,7 +142,7 @@ class MixedOp(_MixedBase):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
         """``Σ_k weights[k]·op_k(x)``; with ``active`` (candidate indices) only those are computed."""
-        self._check_weights(weights)
+        self._check_inputs(x, weights, self._channels)
         self._check_active(active)
         if self.recompute:
             return recompute_forward(self, self._mixed, x, weights, active)
@@ -159,7 +182,7 @@ class PartialMixedOp(_MixedBase):
         return partial_channel_combine(x, ya.to(x.dtype), self.k, self.stride, backend=backend)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, active=None) -> torch.Tensor:
-        self._check_weights(weights)
+        self._check_inputs(x, weights, self.C)
         self._check_active(active)
         if self.recompute:
             return recompute_forward(self, self._partial, x, weights, active)

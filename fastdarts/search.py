@@ -39,6 +39,14 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from fastdarts.checkpoint import (
+    CHECKPOINT,
+    check_config_matches,
+    check_kind,
+    check_state_fits,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fastdarts.config import (
     SearchConfig,
     check_search_config,
@@ -49,13 +57,19 @@ from fastdarts.config import (
     to_dict,
 )
 from fastdarts.data import build_search_data
+from fastdarts.determinism import deterministic_mode
 from fastdarts.genotype import save_genotype
 from fastdarts.methods import get_method
 from fastdarts.spaces import build_supernet
+from fastdarts.validate import check_run_dir, resolve_device, validate_search_config
 
 log = logging.getLogger("fastdarts")
 
-CHECKPOINT = "checkpoint.pt"
+# Config keys a resumed run must share with its checkpoint: they fix the tensors' shapes and the
+# trajectory. Execution choices (device, backend, recompute, logging, epochs to extend) may change.
+RESUME_KEYS = ("method", "space", "supernet", "stem", "C", "layers", "seed", "optim", "method_options",
+               "data.name", "data.batch_size", "data.train_portion", "data.image_size", "data.augment",
+               "data.cutout", "data.subset", "data.arch_subset")
 
 
 @dataclass
@@ -80,31 +94,6 @@ def get_logger(run_dir: str) -> logging.Logger:
         log.addHandler(h)
     log.propagate = False
     return log
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    """Write ``state`` atomically (temporary file + rename): a crash never leaves a torn checkpoint."""
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated/corrupt files
-        raise RuntimeError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err})") from err
 
 
 @torch.no_grad()
@@ -257,26 +246,69 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
     Returns:
         :class:`SearchResult` with the final genotype, the run directory and the held-out
         top-1 accuracy (%) of the supernet.
+
+    Raises:
+        ValueError, TypeError, FileNotFoundError, FileExistsError: bad input, before anything is
+            written (:mod:`fastdarts.validate`; the run directory is created only once the data,
+            the supernet and, on resume, the checkpoint have been checked).
+        CheckpointWriteError: a checkpoint could not be written (the previous one is intact).
+        KeyboardInterrupt: Ctrl-C; its message says which epoch the checkpoint holds and how to resume.
     """
+    cfg = _coerce_config(config)
+    device = validate_search_config(cfg)
     # Method defaults fill what the config leaves at None (batch size, epochs, cells, optimisers).
-    cfg = resolve_search_config(_coerce_config(config))
+    cfg = resolve_search_config(cfg)
+    if resume and not cfg.run_dir:
+        raise ValueError("resume=True needs run_dir= pointing at the run to continue")
+    cfg.run_dir = cfg.run_dir or _default_run_dir(cfg)
+    check_run_dir(cfg.run_dir, resume=resume, checkpoint=CHECKPOINT)
+    with deterministic_mode(cfg.deterministic, device):
+        try:
+            return _search(cfg, resume)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(interrupted_message(cfg.run_dir, cfg.epochs)) from None
+
+
+def interrupted_message(run_dir: str, epochs: int, command: str = "search") -> str:
+    """What a Ctrl-C leaves: the checkpoint of the last finished epoch (mid-epoch steps are redone)."""
+    ckpt = os.path.join(run_dir, CHECKPOINT)
+    if not os.path.isfile(ckpt):
+        return (f"interrupted before the first epoch ended: no checkpoint was written, start the {command} again "
+                f"(run_dir={run_dir})")
+    done = load_checkpoint(ckpt)["epoch"] + 1
+    return (f"interrupted: {ckpt} holds the state after epoch {done}/{epochs}; continue with "
+            f"`fastdarts {command} --resume {run_dir}` (the steps of epoch {done + 1} are redone)")
+
+
+def _resume_state(ckpt_path: str, cfg: SearchConfig, model: torch.nn.Module, method) -> dict:
+    """The checkpoint to resume from, checked against this run before anything is loaded or written."""
+    state = load_checkpoint(ckpt_path)
+    check_kind(state, "search", ckpt_path)
+    check_config_matches(state, to_dict(cfg), RESUME_KEYS, ckpt_path)
+    check_state_fits(model.state_dict(), state["model"], "model", ckpt_path)
+    check_state_fits(model.arch_state_dict(), state["arch"], "arch", ckpt_path)
+    return state
+
+
+def trim_metrics_csv(csv_path: str, epoch: int) -> None:
+    """Drop metrics.csv rows of epochs >= ``epoch``: a killed run may have logged an epoch whose
+    checkpoint never reached the disk; the resumed run logs it again."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < epoch]
+    if len(keep) != len(rows):
+        with open(csv_path, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+
+
+def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
+    """The search itself, on a validated and resolved config (see :func:`search`)."""
+    cfg = resolve_search_config(cfg)  # idempotent: a resolved config resolves to itself
     check_search_config(cfg)
     _check_loop_options(cfg)
     method_cls = get_method(cfg.method)
-    if resume and not cfg.run_dir:
-        raise ValueError("resume=True needs run_dir= pointing at the run to continue")
-    run_dir = cfg.run_dir or _default_run_dir(cfg)
+    run_dir = cfg.run_dir
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
-    if resume and not os.path.isfile(ckpt_path):
-        raise FileNotFoundError(f"cannot resume: {ckpt_path} not found")
-    if not resume and os.path.isfile(ckpt_path):
-        raise FileExistsError(f"{run_dir} already holds a checkpoint; pass --resume to continue it "
-                              f"or choose another run_dir=")
-    os.makedirs(os.path.join(run_dir, "genotypes"), exist_ok=True)
-    logger = get_logger(run_dir)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     # method_options: keys the method knows as hyper-parameters (its DEFAULTS) tune the method,
@@ -293,6 +325,12 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
                            **net_options).to(device)
     method = method_cls(model, hyper)
     epochs = hyper["epochs"]
+    resume_state = _resume_state(ckpt_path, cfg, model, method) if resume else None
+    # Only now, with the data, the supernet and the checkpoint checked, is the run directory touched.
+    os.makedirs(os.path.join(run_dir, "genotypes"), exist_ok=True)
+    logger = get_logger(run_dir)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
     logger.info("run dir %s | method %s | space %s | data %s (%d/%d/%d images) | device %s | %d epochs",
                 run_dir, cfg.method, cfg.space, cfg.data.name, data.train.num_samples, data.valid.num_samples,
                 data.test.num_samples, device, epochs)
@@ -300,7 +338,7 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
 
     start_epoch, history, skipped = 0, [], 0
     if resume:
-        state = load_checkpoint(ckpt_path)
+        state = resume_state
         model.load_state_dict(state["model"])
         model.load_arch_state_dict(state["arch"])
         method.load_state_dict(state["method"])
@@ -319,6 +357,8 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
     if not resume or not os.path.isfile(csv_path):
         with open(csv_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
+    else:
+        trim_metrics_csv(csv_path, start_epoch)
 
     genotype = model.genotype()
     arch = model.arch_parameters()

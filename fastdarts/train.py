@@ -14,11 +14,26 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
+from fastdarts.checkpoint import (
+    CHECKPOINT,
+    check_config_matches,
+    check_kind,
+    check_state_fits,
+    load_checkpoint,
+    save_checkpoint,
+)
 from fastdarts.config import TrainConfig, to_dict
 from fastdarts.data import build_train_data
+from fastdarts.determinism import deterministic_mode
 from fastdarts.genotype import load_genotype
-from fastdarts.search import CHECKPOINT, evaluate, get_logger, load_checkpoint, resolve_device, save_checkpoint
+from fastdarts.search import evaluate, get_logger, interrupted_message, trim_metrics_csv
 from fastdarts.spaces import build_network
+from fastdarts.validate import check_run_dir, validate_train_config
+
+# Config keys a resumed retraining must share with its checkpoint (see fastdarts.search.RESUME_KEYS).
+RESUME_KEYS = ("genotype", "C", "layers", "auxiliary", "auxiliary_weight", "drop_path_prob", "seed", "lr", "lr_min",
+               "momentum", "weight_decay", "grad_clip", "data.name", "data.batch_size", "data.image_size",
+               "data.augment", "data.cutout")
 
 
 @dataclass
@@ -30,19 +45,26 @@ class TrainResult:
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     """Train ``build_network(load_genotype(cfg.genotype))`` with SGD, cosine LR, drop path ramped
-    linearly (p·epoch/epochs), an auxiliary head and gradient clipping; report held-out accuracy."""
+    linearly (p·epoch/epochs), an auxiliary head and gradient clipping; report held-out accuracy.
+
+    Bad input (config, genotype file, data, checkpoint) raises before the run directory is
+    touched; Ctrl-C raises KeyboardInterrupt saying how to resume (as :func:`fastdarts.search`).
+    """
+    device = validate_train_config(cfg)
     genotype = load_genotype(cfg.genotype)
     if resume and not cfg.run_dir:
         raise ValueError("resume=True needs run_dir= pointing at the run to continue")
     run_dir = cfg.run_dir or os.path.join("runs", f"train-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_run_dir(run_dir, resume=resume, checkpoint=CHECKPOINT)
+    with deterministic_mode(cfg.deterministic, device):
+        try:
+            return _train(cfg, genotype, run_dir, device, resume)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(interrupted_message(run_dir, cfg.epochs, "train")) from None
+
+
+def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resume: bool) -> TrainResult:
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
-    if not resume and os.path.isfile(ckpt_path):
-        raise FileExistsError(f"{run_dir} already holds a checkpoint; pass --resume or choose another run_dir=")
-    os.makedirs(run_dir, exist_ok=True)
-    logger = get_logger(run_dir)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = build_train_data(cfg.data, cfg.seed)
     model = build_network(genotype, cfg.C, data.num_classes, cfg.layers, auxiliary=cfg.auxiliary,
@@ -52,15 +74,26 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     start = 0
     if resume:
         state = load_checkpoint(ckpt_path)
+        check_kind(state, "train", ckpt_path)
+        check_config_matches(state, to_dict(cfg), RESUME_KEYS, ckpt_path)
+        check_state_fits(model.state_dict(), state["model"], "model", ckpt_path)
+    # Only now, with the genotype, the data and the checkpoint checked, is the run directory touched.
+    os.makedirs(run_dir, exist_ok=True)
+    logger = get_logger(run_dir)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    if resume:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start = state["epoch"] + 1
     logger.info("training %s: %.2fM parameters, %d epochs, run dir %s", cfg.genotype, params / 1e6, cfg.epochs, run_dir)
     csv_path = os.path.join(run_dir, "metrics.csv")
-    if not resume:
+    if not resume or not os.path.isfile(csv_path):
         with open(csv_path, "w", newline="") as f:
             csv.writer(f).writerow(["epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds"])
+    else:
+        trim_metrics_csv(csv_path, start)
     test_acc = 0.0
     for epoch in range(start, cfg.epochs):
         t0 = time.time()

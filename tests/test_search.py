@@ -182,7 +182,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     run_dir = tmp_path / "corrupt"
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="corrupt"):
+    with pytest.raises(ValueError, match="corrupt"):  # fastdarts.checkpoint.CheckpointError
         search_mod.load_checkpoint(str(run_dir / "checkpoint.pt"))
 
 
