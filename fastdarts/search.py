@@ -197,6 +197,14 @@ class _EpochMetrics:
         self.names = self.bad_step = self.bad_flags = None
         return sums, step, bad
 
+    def read_checked(self, epoch: int, step: int, ckpt_path: str, log_every: int) -> list[float]:
+        """:meth:`read` at ``step``; raises FloatingPointError if a step since the last read was non-finite."""
+        sums, bad_step, bad = self.read()
+        if bad_step is not None:
+            raise _nonfinite_error(bad, epoch, bad_step, ckpt_path, os.path.isfile(ckpt_path),
+                                   f" (seen at the metric read after step {step}, log_every={log_every})")
+        return sums
+
 
 class _StepUndo:
     """``on_nonfinite=skip``: snapshot what a step changes, and put it back when the step was bad.
@@ -375,16 +383,6 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
         else:
             valid_iter = iter(data.valid.iterate(epoch))
 
-        def read_metrics(step: int) -> list[float]:
-            """The interval's one host read: sums so far, and the non-finite check of its steps."""
-            sums, bad_step, bad = acc.read()
-            if bad_step is not None:
-                raise _nonfinite_error(bad, epoch, bad_step, ckpt_path, os.path.isfile(ckpt_path),
-                                       f" (seen at the metric read after step {step}, log_every={cfg.log_every})")
-            if acc.steps:
-                bar.set_postfix(loss=f"{sums[0] / acc.steps:.3f}")
-            return sums
-
         bar = tqdm(data.train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
         step = -1
         for step, (xt, yt) in enumerate(bar):
@@ -415,14 +413,15 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
                     continue
             else:
                 if acc.names is not None and names != acc.names:  # new set of metrics: close the interval
-                    read_metrics(step - 1)
+                    acc.read_checked(epoch, step - 1, ckpt_path, cfg.log_every)
                 acc.note_bad(names, bad, step)
             acc.add(metrics)
             if (step + 1) % cfg.log_every == 0:
-                sums = read_metrics(step)
+                sums = acc.read_checked(epoch, step, ckpt_path, cfg.log_every)
+                bar.set_postfix(loss=f"{sums[0] / max(acc.steps, 1):.3f}")
                 logger.info("epoch %d/%d step %d loss %.4f acc %.2f%%", epoch + 1, epochs, step + 1,
                             sums[0] / max(acc.steps, 1), 100.0 * sums[1] / max(sums[2], 1))
-        sums = read_metrics(step)  # epoch end: every step is checked before the checkpoint is written
+        sums = acc.read_checked(epoch, step, ckpt_path, cfg.log_every)  # epoch end: checked before the checkpoint
         bar.close()
         genotype = model.genotype()
         row = {
