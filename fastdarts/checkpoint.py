@@ -48,12 +48,15 @@ def _first_line(err: BaseException) -> str:
 
 
 def _unpickler_detail(err: BaseException) -> str:
-    """The informative line of torch's multi-line ``weights_only`` refusal (not its boilerplate)."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    for line in str(err).splitlines():
-        line = line.replace("WeightsUnpickler error:", "").strip()
-        if line and not line.startswith(boilerplate):
-            return line
+    """The informative part of torch's multi-line ``weights_only`` refusal (not its boilerplate)."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].strip()
+            detail = detail or next((rest for rest in lines[i + 1:] if rest), "")
+            return detail.split(" Please use ", 1)[0].rstrip(".")
+        if "GLOBAL" in line:
+            return line.rstrip(".")
     return _first_line(err)
 
 
