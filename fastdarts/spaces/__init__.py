@@ -10,6 +10,8 @@ from fastdarts.genotype import Genotype, NB201Genotype
 
 SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4", "s5")
 SUPERNETS = ("auto", "quark0", "nasnet")
+# Stems of the DARTS-space network: quark0's CIFAR stem, or PC-DARTS' ImageNet stem (fastdarts.spaces.imagenet).
+STEMS = ("cifar", "imagenet")
 # Methods whose published DARTS-space search uses D-X-Y's NASNet-super network (ALGORITHMS.md §12.3).
 NASNET_METHODS = ("prdarts", "gdas")
 
@@ -34,7 +36,8 @@ def resolve_supernet(space: str, method: str, supernet: str = "auto") -> str:
 
 
 def build_supernet(space: str = "darts", method: str = "darts", C: int = 16, num_classes: int = 10,
-                   layers: int | None = None, *, supernet: str = "auto", **options: Any) -> nn.Module:
+                   layers: int | None = None, *, supernet: str = "auto", stem: str = "cifar",
+                   **options: Any) -> nn.Module:
     """Build the search supernet of ``space`` for ``method``.
 
     Args:
@@ -46,6 +49,9 @@ def build_supernet(space: str = "darts", method: str = "darts", C: int = 16, num
         supernet: network on the DARTS space (:func:`resolve_supernet`): ``"quark0"`` (quark0/darts'
             ``Network``), ``"nasnet"`` (D-X-Y's NASNet-super, :mod:`fastdarts.spaces.nasnet`) or
             ``"auto"``, the method's published one (NASNet-super for ``prdarts`` and ``gdas``).
+        stem: ``"cifar"`` (quark0's 3×3 stem) or ``"imagenet"``: PC-DARTS' ``model_search_imagenet.py``
+            network (three stride-2 convolutions, :mod:`fastdarts.spaces.imagenet`; inputs of 64 px or
+            more) on the quark0 layout, where PC-DARTS' ``k`` defaults to 2 as in that file.
         **options: ``backend``, ``recompute``, ``in_channels``, ``steps``, ``multiplier``,
             ``stem_multiplier``, ``primitives``, NASNet-super's ``track_running_stats`` and
             ``conv_bias``, and method options (e.g. ``k`` for PC-DARTS).
@@ -61,7 +67,14 @@ def build_supernet(space: str = "darts", method: str = "darts", C: int = 16, num
     if space not in method_cls.spaces:
         raise ValueError(f"method {method!r} does not run on space {space!r} (it supports {method_cls.spaces})")
     layout = resolve_supernet(space, method, supernet)
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
     options = dict(options)
+    if stem == "imagenet":
+        if layout != "quark0":
+            raise ValueError(f"stem='imagenet' builds PC-DARTS' ImageNet network on the quark0 layout; the "
+                             f"{layout!r} supernet has no ImageNet stem (use supernet='quark0')")
+        options.setdefault("k", 2)  # model_search_imagenet.py:34, 42-43: C//2 channels through the ops
     kwargs = method_cls.supernet_options(options)
     for key in ("k",):  # method options consumed above
         options.pop(key, None)
@@ -80,6 +93,7 @@ def build_supernet(space: str = "darts", method: str = "darts", C: int = 16, num
 
             return NB201Supernet(C, num_classes, 5 if layers is None else layers, **kwargs)
         from fastdarts.spaces.darts import DartsSupernet
+        from fastdarts.spaces.imagenet import ImagenetSupernet
 
         if space != "darts":
             from fastdarts.spaces.robust import robust_primitives
@@ -87,7 +101,8 @@ def build_supernet(space: str = "darts", method: str = "darts", C: int = 16, num
             if "primitives" in kwargs:
                 raise ValueError(f"space {space!r} fixes its primitives; do not pass primitives=")
             kwargs["primitives"] = robust_primitives(space)
-        return DartsSupernet(C, num_classes, 8 if layers is None else layers, **kwargs)
+        network = ImagenetSupernet if stem == "imagenet" else DartsSupernet
+        return network(C, num_classes, 8 if layers is None else layers, **kwargs)
     except TypeError as err:
         raise ValueError(f"bad option for build_supernet(space={space!r}, method={method!r}): {err}") from err
 

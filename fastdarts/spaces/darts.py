@@ -106,10 +106,9 @@ class DartsSupernet(ArchMixin):
         self.edge_primitives = _per_edge_primitives(primitives, E)
 
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        reduction_prev = self._build_stem(in_channels, C_curr)
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         self.cells = nn.ModuleList()
-        reduction_prev = False
         for i in range(layers):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
@@ -133,6 +132,17 @@ class DartsSupernet(ArchMixin):
             self.register_arch("betas_normal", self.mixing.init_beta(E, steps))
             self.register_arch("betas_reduce", self.mixing.init_beta(E, steps))
 
+    def _build_stem(self, in_channels: int, C_stem: int) -> bool:
+        """quark0's CIFAR stem (3×3 conv + BN at full resolution, ``self.stem``). Returns whether cell 0's
+        first input ``s0`` has twice the resolution of ``s1`` (its ``reduction_prev``): no, both are the stem."""
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
+        return False
+
+    def _stem_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two inputs ``(s0, s1)`` of cell 0."""
+        s = self.stem(x)
+        return s, s
+
     def _arch(self, kind: str):
         beta = getattr(self, f"betas_{kind}") if self.mixing.uses_betas else None
         return getattr(self, f"alphas_{kind}"), beta
@@ -150,7 +160,7 @@ class DartsSupernet(ArchMixin):
         weights = self.cell_weights() if cell_weights is None else cell_weights
         if isinstance(weights, (list, tuple)) and len(weights) != len(self.cells):
             raise ValueError(f"got {len(weights)} per-cell weights for {len(self.cells)} cells")
-        s0 = s1 = self.stem(x)
+        s0, s1 = self._stem_forward(x)
         for i, cell in enumerate(self.cells):
             cw = weights[i] if isinstance(weights, (list, tuple)) else weights["reduce" if cell.reduction else "normal"]
             args = (s0, s1, cw.weights, cw.edge_weights, cw.active)
