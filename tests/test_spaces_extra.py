@@ -256,7 +256,7 @@ def test_robust_s1_table_and_uniform_spaces():
     assert set(robust_primitives("s3")["normal"]) == {("none", "skip_connect", "sep_conv_3x3")}
     assert set(robust_primitives("s4")["normal"]) == {("noise", "sep_conv_3x3")}
     with pytest.raises(ValueError):
-        robust_primitives("s5")
+        robust_primitives("s6")  # s5 exists: Λ-DARTS' DARTS space without `none` (tests/test_recipes.py)
 
 
 def test_robust_s3_supernet_genotype_has_no_none():
