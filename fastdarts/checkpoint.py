@@ -39,7 +39,13 @@ class CheckpointError(ValueError):
 
 
 class CheckpointWriteError(OSError):
-    """Writing a checkpoint failed (disk full, read-only directory, ...); the previous one is intact."""
+    """Writing a checkpoint failed (disk full, read-only directory, ...); the previous one is intact.
+
+    ``errno`` is the cause's; ``str()`` is the one-line message (without the ``[Errno N]`` prefix).
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _first_line(err: BaseException) -> str:

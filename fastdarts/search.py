@@ -355,7 +355,8 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
             torch.cuda.set_rng_state(state["cuda_rng"])
         start_epoch, history = state["epoch"] + 1, list(state["history"])
         skipped = int(state.get("skipped_steps", 0))
-        logger.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+        logger.info("resumed from %s: epoch %d/%d was done, continuing with epoch %d", ckpt_path, start_epoch,
+                    epochs, start_epoch + 1)
 
     from torch.utils.tensorboard import SummaryWriter
 
