@@ -1,8 +1,13 @@
-"""Command line: ``fastdarts search|train|bench`` (also ``python -m fastdarts``).
+"""Command line: ``fastdarts search|train|plot|bench`` (also ``python -m fastdarts``).
 
 ``fastdarts search [RECIPE|config.yaml] [key=value ...]`` runs a search: RECIPE is the name of a
 packaged recipe (``fastdarts search --list-configs``), the default is the embedded digits demo.
 ``--dry-run`` prints the fully resolved config (method defaults applied) as YAML and exits.
+
+``fastdarts train GENOTYPE.json|RUN_DIR [RECIPE|config.yaml] [key=value ...]`` retrains a derived
+cell; without a recipe it takes the one made for the data (``digits-train`` on the embedded digits,
+``darts-cifar10-train`` on CIFAR, ``darts-imagenet-train`` on an ImageFolder).
+``fastdarts plot RUN_DIR`` draws a run's heat maps, trajectories, cell diagrams and curves.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from fastdarts.config import (
     SearchConfig,
     TrainConfig,
     default_search_config_path,
+    default_train_recipe,
     load_config,
+    parse_overrides,
     recipe_names,
     recipe_path,
     resolve_search_config,
     to_dict,
 )
+from fastdarts.data import DataConfig
 from fastdarts.validate import check_run_dir
 
 
@@ -66,19 +74,54 @@ def _cmd_search(args) -> int:
     from fastdarts.search import search
 
     result = search(cfg, resume=bool(args.resume))
+    from fastdarts.summary import search_summary
+    from fastdarts.viz import plot_run
+
+    plot_run(result.run_dir)  # the summary lists the PNGs
     print(f"genotype: {result.genotype.to_dict()}")
     print(f"run directory: {result.run_dir}")
-    print(f"held-out accuracy of the supernet: {result.test_acc:.2f}%")
+    print(search_summary(result.genotype, result.run_dir, result.test_acc))
     return 0
 
 
-def _cmd_train(args) -> int:
-    from fastdarts.train import train
+def _train_recipe_items(items: list[str]) -> list[str]:
+    """``items`` with a retraining recipe name replaced by its packaged YAML path."""
+    return [i if "=" in i or i.endswith((".yaml", ".yml")) else recipe_path(i, "train") for i in items]
 
-    cfg = _config(TrainConfig, args, None, [f"genotype={args.genotype}"])
+
+def _cmd_train(args) -> int:
+    if args.list_configs:
+        print("\n".join(recipe_names("train")))
+        return 0
+    from fastdarts.train import genotype_file, train
+
+    args.items = _train_recipe_items(args.items)
+    extra = [f"genotype={genotype_file(args.genotype)}"] if args.genotype else []
+    default = note = None
+    if not args.resume:
+        path, overrides = _split_args(args.items)
+        if path is None:  # no recipe or YAML: the recipe made for the data (digits-train on the embedded digits)
+            data = parse_overrides(overrides).get("data", {})
+            name = default_train_recipe(data.get("name", DataConfig().name), data.get("root"))
+            note = f"# fastdarts train: recipe {name} (for this data; name another recipe or a YAML to change it)"
+            default = recipe_path(name, "train")
+    cfg = _config(TrainConfig, args, default, extra)
+    if note:  # on stdout (a YAML comment for --dry-run): stderr stays the one line of an error
+        print(note)
+    if args.dry_run:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
     result = train(cfg, resume=bool(args.resume))
     print(f"run directory: {result.run_dir}")
     print(f"held-out accuracy: {result.test_acc:.2f}% ({result.params / 1e6:.2f}M parameters)")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from fastdarts.viz import plot_run
+
+    for path in plot_run(args.run_dir, args.out, engine=args.engine):
+        print(f"wrote {path}")
     return 0
 
 
@@ -103,10 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the fully resolved config (method defaults applied) as YAML and exit")
     p.set_defaults(func=_cmd_search)
     p = sub.add_parser("train", help="train the network of a genotype JSON from scratch")
-    p.add_argument("genotype", nargs="?", help="genotype JSON written by fastdarts search")
-    p.add_argument("items", nargs="*", help="optional config.yaml, then key=value overrides")
+    p.add_argument("genotype", nargs="?", help="genotype JSON written by fastdarts search, or its run directory")
+    p.add_argument("items", nargs="*", help="optional retraining recipe (see --list-configs; default: the one for "
+                                            "the data, digits-train on the embedded digits) or config.yaml, then "
+                                            "key=value overrides (e.g. darts-cifar10-train data=/data/cifar10)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    p.add_argument("--list-configs", action="store_true", help="print the retraining recipe names, one per line")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config as YAML and exit")
     p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("plot", help="draw a run's architecture heat maps, trajectories, cells and curves as PNG")
+    p.add_argument("run_dir", help="run directory of fastdarts search (or train)")
+    p.add_argument("--out", help="output folder (default RUN_DIR/plots)")
+    p.add_argument("--engine", default="auto", choices=["auto", "dot", "matplotlib"],
+                   help="cell diagrams: graphviz dot (auto: when installed) or matplotlib")
+    p.set_defaults(func=_cmd_plot)
     p = sub.add_parser("bench", help="benchmark kernels and search steps; writes JSON, markdown and PNG")
     p.add_argument("what", nargs="?", default="all", choices=["kernels", "search", "all"])
     p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder")
@@ -133,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train" and args.genotype and "=" in args.genotype:  # only overrides were given
             args.items.insert(0, args.genotype)
             args.genotype = None
-        if args.command == "train" and not args.genotype and not args.resume:
+        if args.command == "train" and not args.genotype and not args.resume and not args.list_configs:
             raise ValueError("fastdarts train needs a genotype JSON (or --resume RUN_DIR)")
         return args.func(args)
     except (KeyboardInterrupt, OSError, ValueError, TypeError, FloatingPointError) as err:

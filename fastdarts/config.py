@@ -78,7 +78,9 @@ class SearchConfig:
 
 @dataclass
 class TrainConfig:
-    """Retraining a derived genotype (quark0/darts ``train.py`` defaults)."""
+    """Retraining a derived genotype (quark0/darts ``cnn/train.py`` defaults, as the ``darts-cifar10-train``
+    recipe). ``fastdarts train`` starts from a packaged recipe picked by the data
+    (:func:`default_train_recipe`), so these defaults apply to the Python API only."""
 
     genotype: str = ""
     data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=96))
@@ -97,6 +99,15 @@ class TrainConfig:
     run_dir: str | None = None
     device: str = "auto"
     deterministic: bool = False  # as SearchConfig.deterministic
+    # LR per epoch e: "cosine" lr_min + (lr − lr_min)(1 + cos(π(e + offset)/epochs))/2 (cnn/train.py), or
+    # "step" lr·lr_gamma^⌊(e + offset)/lr_decay_period⌋ (cnn/train_imagenet.py StepLR). offset 1 is quark0's
+    # scheduler.step() at the start of each epoch (old PyTorch): epoch 0 already uses the value at 1.
+    lr_schedule: str = "cosine"
+    lr_gamma: float = 0.97
+    lr_decay_period: int = 1
+    lr_schedule_offset: int = 1
+    label_smoothing: float = 0.0  # ε of (1 − ε)·one_hot + ε/classes (train_imagenet.py CrossEntropyLabelSmooth)
+    stem: str = "cifar"  # "cifar": NetworkCIFAR; "imagenet": quark0's NetworkImageNet (not available yet)
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -239,23 +250,48 @@ def default_search_config_path() -> str:
     return os.path.join(RECIPES_DIR, "default.yaml")
 
 
-def recipe_names() -> list[str]:
-    """Names of the packaged recipes (``fastdarts/configs/*.yaml``), sorted; ``default`` is the digits demo."""
-    return sorted(f[:-5] for f in os.listdir(RECIPES_DIR) if f.endswith(".yaml"))
+# Retraining recipes share the folder; their names end in this suffix (``darts-cifar10-train``).
+TRAIN_RECIPE_SUFFIX = "-train"
+RECIPE_KINDS = ("search", "train")
 
 
-def recipe_path(name: str) -> str:
-    """The packaged YAML file of recipe ``name``.
+def recipe_names(kind: str = "search") -> list[str]:
+    """Names of the packaged recipes (``fastdarts/configs/*.yaml``) of ``kind``, sorted: ``"search"``
+    (``default`` is the digits demo) or ``"train"`` (names ending in ``-train``)."""
+    if kind not in RECIPE_KINDS:
+        raise ValueError(f"unknown recipe kind {kind!r}; choose one of {RECIPE_KINDS}")
+    names = sorted(f[:-5] for f in os.listdir(RECIPES_DIR) if f.endswith(".yaml"))
+    return [n for n in names if n.endswith(TRAIN_RECIPE_SUFFIX) == (kind == "train")]
+
+
+def recipe_path(name: str, kind: str = "search") -> str:
+    """The packaged YAML file of the ``kind`` recipe ``name``.
 
     Raises:
         ValueError: for an unknown name, naming the closest recipe.
     """
-    names = recipe_names()
+    names = recipe_names(kind)
     if name not in names:
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.0)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown recipe {name!r}{hint} (fastdarts search --list-configs lists them)")
+        what = "recipe" if kind == "search" else "retraining recipe"
+        raise ValueError(f"unknown {what} {name!r}{hint} (fastdarts {kind} --list-configs lists them)")
     return os.path.join(RECIPES_DIR, f"{name}.yaml")
+
+
+def default_train_recipe(data_name: str, data_root: str | None = None) -> str:
+    """The retraining recipe ``fastdarts train`` uses for this data when no recipe or YAML is given:
+    ``digits-train`` for the embedded digits, ``darts-cifar10-train`` for CIFAR-10/100,
+    ``darts-imagenet-train`` for an ImageFolder (ImageNet).
+
+    Raises:
+        FileNotFoundError, ValueError: for a data name or path that names no dataset.
+    """
+    from fastdarts.data import dataset_kind
+
+    kind = dataset_kind(DataConfig(name=data_name, root=data_root))
+    return {"digits": "digits-train", "cifar10": "darts-cifar10-train", "cifar100": "darts-cifar10-train",
+            "imagefolder": "darts-imagenet-train"}[kind]
 
 
 def _plain(value: Any) -> Any:

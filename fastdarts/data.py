@@ -693,6 +693,15 @@ def _looks_like_path(name: str) -> bool:
     return os.sep in name or (os.altsep is not None and os.altsep in name) or name.startswith((".", "~"))
 
 
+def dataset_kind(cfg: DataConfig) -> str:
+    """``"digits"``, ``"cifar10"``, ``"cifar100"`` or ``"imagefolder"``: what ``cfg`` loads (nothing is read).
+
+    Raises:
+        FileNotFoundError, NotADirectoryError, ValueError: as the loaders do for a bad name or path.
+    """
+    return _resolve(cfg)[0]
+
+
 def _resolve(cfg: DataConfig) -> tuple[str, str | None]:
     """(kind, directory) for the configuration."""
     key = _normalise_name(cfg.name)

@@ -5,8 +5,11 @@ Run directory layout::
     config.yaml        resolved configuration
     search.log         log (also printed)
     metrics.csv        one row per epoch
-    tb/                TensorBoard scalars
+    tb/                TensorBoard scalars; heat maps and cell diagrams each epoch (arch/*)
     genotypes/epoch_NNN.json, genotype.json (latest)
+    arch_history.pt    normalised architecture tensors after every epoch (fastdarts.arch_history)
+    plots/             PNG heat maps, trajectories, cell diagrams, curves: fastdarts.viz.plot_run (the CLI
+                       ``fastdarts search`` calls it at the end; ``fastdarts plot RUN_DIR`` redraws them)
     checkpoint.pt      atomic, loadable with torch.load(weights_only=True); written each epoch
 
 A run resumed from its checkpoint continues bit for bit on CPU: every epoch's batches
@@ -39,6 +42,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from fastdarts.arch_history import HISTORY_FILE, ArchHistory, arch_views
 from fastdarts.checkpoint import (
     CHECKPOINT,
     check_config_matches,
@@ -62,6 +66,7 @@ from fastdarts.genotype import save_genotype
 from fastdarts.methods import get_method
 from fastdarts.spaces import build_supernet
 from fastdarts.validate import check_run_dir, resolve_device, validate_search_config
+from fastdarts.viz import log_arch_figures
 
 log = logging.getLogger("fastdarts")
 
@@ -80,15 +85,15 @@ class SearchResult:
     history: list = field(default_factory=list)
 
 
-def get_logger(run_dir: str) -> logging.Logger:
-    """The ``fastdarts`` logger, writing to ``run_dir/search.log`` and the console."""
+def get_logger(run_dir: str, filename: str = "search.log") -> logging.Logger:
+    """The ``fastdarts`` logger, writing to ``run_dir/filename`` (retraining: ``train.log``) and the console."""
     log.setLevel(logging.INFO)
     for h in list(log.handlers):
         if getattr(h, "_fastdarts", False):
             log.removeHandler(h)
             h.close()
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    for h in (logging.FileHandler(os.path.join(run_dir, "search.log")), logging.StreamHandler()):
+    for h in (logging.FileHandler(os.path.join(run_dir, filename)), logging.StreamHandler()):
         h.setFormatter(fmt)
         h._fastdarts = True
         log.addHandler(h)
@@ -369,6 +374,11 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
     else:
         trim_metrics_csv(csv_path, start_epoch)
 
+    history_path = os.path.join(run_dir, HISTORY_FILE)
+    arch_hist = ArchHistory.resume(history_path, start_epoch) if resume else ArchHistory.empty()
+    if not len(arch_hist):  # entry 0: the initialisation (or the resumed state of a run without a history)
+        arch_hist.append(start_epoch, arch_views(model))
+        arch_hist.save(history_path)
     genotype = model.genotype()
     arch = model.arch_parameters()
     arch_names = model.arch_names() if hasattr(model, "arch_names") else [str(i) for i in range(len(arch))]
@@ -440,6 +450,10 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
             writer.add_scalar(f"search/{k}", row[k], epoch)
         save_genotype(genotype, os.path.join(run_dir, "genotypes", f"epoch_{epoch:03d}.json"))
         save_genotype(genotype, os.path.join(run_dir, "genotype.json"))
+        views = arch_views(model)
+        arch_hist.append(epoch + 1, views)
+        arch_hist.save(history_path)  # before the checkpoint: a resume drops an entry the checkpoint lacks
+        log_arch_figures(writer, views, genotype, run_dir, cfg.method, epoch + 1, epochs)
         logger.info("epoch %d/%d lr %.5f loss %.4f acc %.2f%% arch_loss %.4f (%.1fs)", epoch + 1, epochs, row["lr"],
                     row["train_loss"], row["train_acc"], row["arch_loss"], row["seconds"])
         logger.info("genotype %s", genotype.to_dict())

@@ -1,4 +1,16 @@
-"""Retraining a derived genotype from scratch (quark0/darts ``train.py``)."""
+"""Retraining a derived genotype from scratch (quark0/darts ``cnn/train.py``, ``cnn/train_imagenet.py``).
+
+Run directory layout::
+
+    config.yaml        resolved configuration
+    genotype.json      the genotype trained (a copy)
+    train.log          log (also printed)
+    metrics.csv        one row per epoch (lr, training loss and accuracy, held-out accuracy)
+    tb/                TensorBoard scalars
+    checkpoint.pt      atomic, written each epoch; ``fastdarts train --resume RUN_DIR`` continues it
+    model.pt           the final weights (a ``state_dict``)
+    plots/curves.png   loss and accuracy per epoch
+"""
 
 from __future__ import annotations
 
@@ -22,18 +34,71 @@ from fastdarts.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from fastdarts.config import TrainConfig, to_dict
+from fastdarts.config import STEMS, TrainConfig, to_dict
 from fastdarts.data import build_train_data
 from fastdarts.determinism import deterministic_mode
-from fastdarts.genotype import load_genotype
+from fastdarts.genotype import load_genotype, save_genotype
 from fastdarts.search import evaluate, get_logger, interrupted_message, trim_metrics_csv
 from fastdarts.spaces import build_network
-from fastdarts.validate import check_run_dir, validate_train_config
+from fastdarts.validate import check_choice, check_run_dir, validate_train_config
 
 # Config keys a resumed retraining must share with its checkpoint (see fastdarts.search.RESUME_KEYS).
 RESUME_KEYS = ("genotype", "C", "layers", "auxiliary", "auxiliary_weight", "drop_path_prob", "seed", "lr", "lr_min",
                "momentum", "weight_decay", "grad_clip", "data.name", "data.batch_size", "data.image_size",
-               "data.augment", "data.cutout")
+               "data.augment", "data.cutout", "lr_schedule", "lr_gamma", "lr_decay_period", "lr_schedule_offset",
+               "label_smoothing", "stem")
+LR_SCHEDULES = ("cosine", "step")
+MODEL_FILE = "model.pt"
+
+
+def genotype_file(path: str) -> str:
+    """The genotype JSON named by ``path``: the file itself, or ``path/genotype.json`` for a search run directory.
+
+    Raises:
+        FileNotFoundError: for a directory without ``genotype.json``.
+    """
+    if os.path.isdir(path):
+        found = os.path.join(path, "genotype.json")
+        if not os.path.isfile(found):
+            raise FileNotFoundError(f"{path} is a directory without genotype.json: give a genotype JSON or the run "
+                                    "directory of a fastdarts search")
+        return found
+    return path
+
+
+def check_train_settings(cfg: TrainConfig) -> None:
+    """Refuse a schedule or network this version cannot run (before any work starts).
+
+    Raises:
+        ValueError: for an unknown ``lr_schedule`` or ``stem``, a ``lr_gamma`` outside (0, 1], or
+            ``stem="imagenet"`` (quark0's ``NetworkImageNet`` is not available yet).
+    """
+    check_choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
+    check_choice("stem", cfg.stem, STEMS)
+    if not 0.0 < cfg.lr_gamma <= 1.0:
+        raise ValueError(f"lr_gamma must be in (0, 1], got {cfg.lr_gamma!r}")
+    if cfg.stem == "imagenet":
+        raise ValueError("stem=imagenet (quark0's NetworkImageNet, needed by the darts-imagenet-train recipe) is not "
+                         "available yet; the darts-cifar10-train recipe (stem=cifar) trains the CIFAR network")
+
+
+def _default_run_dir(genotype: str) -> str:
+    """``runs/train-<search run or genotype file name>-<time>``."""
+    path = os.path.normpath(genotype)
+    if os.path.isdir(path) or os.path.basename(path) == "genotype.json":
+        name = os.path.basename(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    else:
+        name = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join("runs", f"train-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based) under ``cfg.lr_schedule`` (see :class:`TrainConfig`)."""
+    e = epoch + cfg.lr_schedule_offset
+    if cfg.lr_schedule == "step":
+        return cfg.lr * cfg.lr_gamma ** (e // cfg.lr_decay_period)
+    e = min(e, cfg.epochs)
+    return cfg.lr_min + (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * e / cfg.epochs)) / 2
 
 
 @dataclass
@@ -51,10 +116,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     touched; Ctrl-C raises KeyboardInterrupt saying how to resume (as :func:`fastdarts.search`).
     """
     device = validate_train_config(cfg)
-    genotype = load_genotype(cfg.genotype)
+    check_train_settings(cfg)
+    genotype = load_genotype(genotype_file(cfg.genotype))
     if resume and not cfg.run_dir:
         raise ValueError("resume=True needs run_dir= pointing at the run to continue")
-    run_dir = cfg.run_dir or os.path.join("runs", f"train-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = cfg.run_dir or _default_run_dir(cfg.genotype)
     check_run_dir(run_dir, resume=resume, checkpoint=CHECKPOINT)
     with deterministic_mode(cfg.deterministic, device):
         try:
@@ -79,7 +145,8 @@ def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resum
         check_state_fits(model.state_dict(), state["model"], "model", ckpt_path)
     # Only now, with the genotype, the data and the checkpoint checked, is the run directory touched.
     os.makedirs(run_dir, exist_ok=True)
-    logger = get_logger(run_dir)
+    logger = get_logger(run_dir, "train.log")
+    save_genotype(genotype, os.path.join(run_dir, "genotype.json"))
     with open(os.path.join(run_dir, "config.yaml"), "w") as f:
         yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
     if resume:
@@ -94,10 +161,13 @@ def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resum
             csv.writer(f).writerow(["epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds"])
     else:
         trim_metrics_csv(csv_path, start)
-    test_acc = 0.0
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(os.path.join(run_dir, "tb"))
+    test_acc = evaluate(model, data.test, device) if start >= cfg.epochs else 0.0  # resuming a finished run
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
-        lr = cfg.lr_min + (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+        lr = lr_at(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
@@ -108,9 +178,9 @@ def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resum
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             logits, logits_aux = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             if logits_aux is not None:
-                loss = loss + cfg.auxiliary_weight * F.cross_entropy(logits_aux, y)
+                loss = loss + cfg.auxiliary_weight * F.cross_entropy(logits_aux, y, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}; last good checkpoint: {ckpt_path}")
             loss.backward()
@@ -124,6 +194,18 @@ def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resum
             csv.writer(f).writerow([epoch, lr, total_loss / count, 100.0 * correct / count, test_acc, time.time() - t0])
         logger.info("epoch %d/%d lr %.5f loss %.4f train %.2f%% test %.2f%%", epoch + 1, cfg.epochs, lr,
                     total_loss / count, 100.0 * correct / count, test_acc)
+        for key, value in (("lr", lr), ("train_loss", total_loss / count), ("train_acc", 100.0 * correct / count),
+                           ("test_acc", test_acc)):
+            writer.add_scalar(f"train/{key}", value, epoch)
         save_checkpoint(ckpt_path, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "rng": torch.get_rng_state(), "config": to_dict(cfg)})
+    writer.close()
+    model_path = os.path.join(run_dir, MODEL_FILE)
+    tmp = f"{model_path}.tmp"
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, model_path)
+    from fastdarts.viz import plot_run
+
+    plots = plot_run(run_dir)
+    logger.info("held-out accuracy %.2f%%; weights %s; plots %s", test_acc, model_path, ", ".join(plots))
     return TrainResult(run_dir=run_dir, test_acc=test_acc, params=params)

@@ -261,7 +261,7 @@ def test_cli_search_and_train(tmp_path, capsys, monkeypatch):
     assert str(run_dir) in out
     genotype = str(run_dir / "genotype.json")
     rc = main(["train", genotype, "epochs=1", "C=4", "layers=3", "data.batch_size=16", "data.image_size=8",
-               f"run_dir={tmp_path / 'cli_train'}"])
+               "auxiliary=true", f"run_dir={tmp_path / 'cli_train'}"])  # digits-train has no auxiliary head
     out = capsys.readouterr().out
     assert rc == 0
     assert "held-out accuracy" in out and "parameters" in out
