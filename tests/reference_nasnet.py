@@ -242,7 +242,7 @@ class NASNetworkGDAS(nn.Module):
         num_edge, edge2index = None, None
         C_prev_prev, C_prev, C_curr, reduction_prev = C * stem_multiplier, C * stem_multiplier, C, False
         self.cells = nn.ModuleList()
-        for index, (C_curr, reduction) in enumerate(zip(layer_channels, layer_reductions)):
+        for C_curr, reduction in zip(layer_channels, layer_reductions):
             cell = NASNetSearchCell(search_space, steps, multiplier, C_prev_prev, C_prev, C_curr, reduction,
                                     reduction_prev, affine, track_running_stats, bias)
             if num_edge is None:
@@ -280,8 +280,8 @@ class NASNetworkGDAS(nn.Module):
         with torch.no_grad():
             gene_normal = _parse(torch.softmax(self.arch_normal_parameters, dim=-1).cpu().numpy())
             gene_reduce = _parse(torch.softmax(self.arch_reduce_parameters, dim=-1).cpu().numpy())
-        return {"normal": gene_normal, "normal_concat": list(range(2 + self._steps - self._multiplier, self._steps + 2)),
-                "reduce": gene_reduce, "reduce_concat": list(range(2 + self._steps - self._multiplier, self._steps + 2))}
+        concat = list(range(2 + self._steps - self._multiplier, self._steps + 2))
+        return {"normal": gene_normal, "normal_concat": concat, "reduce": gene_reduce, "reduce_concat": list(concat)}
 
     def _head(self, s1):
         out = self.lastact(s1)
@@ -293,7 +293,7 @@ class NASNetworkGDAS(nn.Module):
     def forward_gdas(self, inputs, normal_hardwts, normal_index, reduce_hardwts, reduce_index):
         """D-X-Y ``NASNetworkGDAS.forward`` after ``get_gumbel_prob``: the sampled gates are given."""
         s0 = s1 = self.stem(inputs)
-        for i, cell in enumerate(self.cells):
+        for cell in self.cells:
             if cell.reduction:
                 hardwts, index = reduce_hardwts, reduce_index
             else:
@@ -304,7 +304,7 @@ class NASNetworkGDAS(nn.Module):
     def forward_darts(self, inputs, normal_w, reduce_w):
         """D-X-Y ``NASNetworkDARTS.forward`` with the softmax weights given."""
         s0 = s1 = self.stem(inputs)
-        for i, cell in enumerate(self.cells):
+        for cell in self.cells:
             ww = reduce_w if cell.reduction else normal_w
             s0, s1 = s1, cell.forward_darts(s0, s1, ww)
         return self._head(s1)
@@ -312,7 +312,7 @@ class NASNetworkGDAS(nn.Module):
     def forward_prdarts(self, inputs, normal_hardwts, reduce_hardwts):
         """PR-DARTS ``NASNetworkPRDARTS.forward`` after ``get_gumbel_prob``, without the regulariser."""
         s0 = s1 = self.stem(inputs)
-        for i, cell in enumerate(self.cells):
+        for cell in self.cells:
             hardwts = reduce_hardwts if cell.reduction else normal_hardwts
             s0, s1 = s1, cell.forward_prdarts(s0, s1, hardwts)
         return self._head(s1)

@@ -9,6 +9,7 @@ ulps of float64 (~1e-16 relative) through ~30 layers, far below the 1e-9 toleran
 import pytest
 import torch
 import torch.nn as nn
+from reference_nasnet import DARTS_SPACE, NASNetworkGDAS
 
 import fastdarts
 from fastdarts.config import SearchConfig, load_config
@@ -16,8 +17,6 @@ from fastdarts.methods import get_method
 from fastdarts.spaces import resolve_supernet
 from fastdarts.spaces.darts import DartsSupernet
 from fastdarts.spaces.nasnet import NASNET_PRIMITIVES, NasnetSupernet
-
-from reference_nasnet import DARTS_SPACE, NASNetworkGDAS
 
 TOL = dict(rtol=1e-9, atol=1e-9)
 ARCH_KEYS = {"normal": "arch_normal_parameters", "reduce": "arch_reduce_parameters"}
@@ -135,13 +134,13 @@ def test_cell_batchnorm_running_stats(method):
 @pytest.mark.parametrize("method", ["prdarts", "gdas"])
 def test_state_dict_matches_the_reference_layout(method):
     ours, ref = _pair(method)
-    ref_keys = set(ref.state_dict()) - set(ARCH_KEYS.values())
-    assert set(ours.state_dict()) == ref_keys
-    for k, v in ref.state_dict().items():
-        if k in ref_keys:
-            assert v.shape == ours.state_dict()[k].shape, k
+    ref_state, our_state = ref.state_dict(), ours.state_dict()
+    ref_keys = set(ref_state) - set(ARCH_KEYS.values())
+    assert set(our_state) == ref_keys
+    for k in ref_keys:
+        assert ref_state[k].shape == our_state[k].shape, k
     fresh = fastdarts.build_supernet("darts", method, C=4, num_classes=10, layers=6).double()
-    fresh.load_state_dict({k: v for k, v in ref.state_dict().items() if k in ref_keys}, strict=True)
+    fresh.load_state_dict({k: ref_state[k] for k in ref_keys}, strict=True)
 
 
 def test_bad_supernet_choices_are_clear():
@@ -172,8 +171,9 @@ def test_gdas_forward_and_gradients_match_reference(backend):
     torch.testing.assert_close(logits, ref_logits, **TOL)
     loss, ref_loss = nn.functional.cross_entropy(logits, y), nn.functional.cross_entropy(ref_logits, y)
     _compare(ours, ref, loss, ref_loss, ours.arch_parameters())
-    for (k, a), b in zip(ours.state_dict().items(), [ref.state_dict()[k] for k in ours.state_dict()]):
-        torch.testing.assert_close(a, b, **TOL, msg=k)  # running statistics updated alike
+    ref_state = ref.state_dict()
+    for k, a in ours.state_dict().items():
+        torch.testing.assert_close(a, ref_state[k], **TOL, msg=k)  # running statistics updated alike
 
 
 @pytest.mark.parametrize("backend", ["eager", "auto"])

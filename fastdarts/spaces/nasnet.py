@@ -194,9 +194,9 @@ class NasnetSearchCell(nn.Module):
         for i in range(steps):
             for j in range(2 + i):
                 key = f"{i}<-{j}"
-                self.edges[key] = NasnetMixedOp(C, 2 if reduction and j < 2 else 1, edge_primitives[len(self.edge_keys)],
-                                                backend=backend, track_running_stats=track_running_stats,
-                                                conv_bias=conv_bias)
+                stride = 2 if reduction and j < 2 else 1
+                self.edges[key] = NasnetMixedOp(C, stride, edge_primitives[len(self.edge_keys)], backend=backend,
+                                                track_running_stats=track_running_stats, conv_bias=conv_bias)
                 self.edge_keys.append(key)
 
     @property
