@@ -330,35 +330,96 @@ def markdown_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path: str) -> None:
-    """Bar charts: kernel GB/s by backend, and search-step time by method/backend."""
-    import matplotlib
+def _size_key(r: dict) -> tuple:
+    return (r["space"], r["C"], r["layers"], r["batch"], r["image_size"])
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _size_title(key: tuple) -> str:
+    space, C, layers, batch, px = key
+    cells = "cells per stage" if space == "nb201" else "cells"
+    return f"search step · {space} space · C={C}, {layers} {cells}, batch {batch}, {px}×{px} px"
+
+
+def bench_figure(result: dict):
+    """Bar charts of one result: mixed_sum GB/s by shape and backend, then one panel of search-step
+    times per network size (method × backend); the title names the device, torch and triton versions
+    and the commit."""
+    import math
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     kern = [r for r in result["records"] if "gbps" in r and r["name"] == "mixed_sum"]
     srch = [r for r in result["records"] if "step_ms" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    sizes = sorted({_size_key(r) for r in srch}, key=lambda k: (-k[1] * k[2] * k[3] * k[4] ** 2, k))
+    panels = (1 if kern else 0) + len(sizes)
+    ncols = 2 if panels > 1 else 1
+    nrows = max(math.ceil(panels / ncols), 1)
+    fig = Figure(figsize=(7.2 * ncols, 4.4 * nrows))
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(max(panels, 1))]
+    i = 0
     if kern:
-        labels = [f"{r['backend']}\nK={r['K']} {r['dtype'][:4]}\n{r['numel'] / 2**20:.2g}M" for r in kern]
-        axes[0].bar(range(len(kern)), [r["gbps"] for r in kern],
-                    color=["tab:gray" if r["backend"] == "eager" else "tab:blue" for r in kern])
-        axes[0].axhline(result["copy_bw_gbps"], color="tab:red", ls="--", label="copy bandwidth")
-        axes[0].set_xticks(range(len(kern)), labels, fontsize=6)
-        axes[0].set_ylabel("GB/s (fwd+bwd)")
-        axes[0].set_title("mixed_sum")
-        axes[0].legend()
-    if srch:
-        labels = [f"{r['method']}/{r['space']}\n{r['backend']}" for r in srch]
-        axes[1].bar(range(len(srch)), [r["step_ms"] for r in srch])
-        axes[1].set_xticks(range(len(srch)), labels, fontsize=6, rotation=60)
-        axes[1].set_ylabel("ms per search step")
-        axes[1].set_title("search step")
-    fig.suptitle(result["device"])
+        ax = axes[0]
+        shapes = list(dict.fromkeys((r["K"], r["dtype"], r["numel"]) for r in kern))
+        backends = list(dict.fromkeys(r["backend"] for r in kern))
+        width = 0.8 / len(backends)
+        for b, backend in enumerate(backends):
+            vals = {(r["K"], r["dtype"], r["numel"]): r["gbps"] for r in kern if r["backend"] == backend}
+            xs = [j + (b - (len(backends) - 1) / 2) * width for j, sh in enumerate(shapes) if sh in vals]
+            ax.bar(xs, [vals[sh] for sh in shapes if sh in vals], width, label=backend,
+                   color="tab:gray" if backend == "eager" else None)
+        if result.get("copy_bw_gbps"):
+            ax.axhline(result["copy_bw_gbps"], color="tab:red", ls="--", label="measured copy bandwidth")
+            ax.set_ylim(0, 1.3 * max(result["copy_bw_gbps"], max(r["gbps"] for r in kern)))
+        ax.set_xticks(range(len(shapes)), [f"K={K}\n{dt.replace('float', 'fp')}\n{n / 2**20:.3g}M"
+                                           for K, dt, n in shapes], fontsize=8)
+        ax.set_xlabel("candidates K · dtype · elements per candidate", fontsize=8)
+        ax.set_ylabel("GB/s (forward + backward)")
+        ax.set_title("mixed_sum bandwidth by backend", fontsize=10)
+        ax.legend(fontsize=8, loc="upper center", ncol=3)
+        ax.grid(axis="y", alpha=0.3)
+        i = 1
+    for key in sizes:
+        ax = axes[i]
+        i += 1
+        rows = [r for r in srch if _size_key(r) == key]
+        labels = [f"{r['method']} · {r['backend']}" for r in rows]
+        vals = [r["step_ms"] for r in rows]
+        ys = range(len(rows))
+        ax.barh(ys, vals, color=["tab:gray" if r["backend"] == "eager" else "tab:blue" for r in rows])
+        ax.set_yticks(ys, labels, fontsize=8)
+        ax.set_ylim(max(len(rows), 5) - 0.5, -0.5)  # top to bottom; few bars keep a normal thickness
+        for y, v in zip(ys, vals):
+            ax.text(v, y, f" {v:,.0f}", va="center", fontsize=7)
+        ax.set_xlim(0, max(vals) * 1.18)
+        ax.set_xlabel("ms per search step (architecture + weight step)", fontsize=8)
+        ax.set_title(_size_title(key), fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in axes[i:]:
+        ax.set_visible(False)
+    head = (f"fastdarts bench · {result['device']} · torch {result['torch']} · triton {result.get('triton')} · "
+            f"commit {result['commit']} · {result['date']}")
+    fig.suptitle(head + (" · quick shapes" if result.get("quick") else ""), fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot(result: dict, path: str) -> None:
+    """Write :func:`bench_figure` of ``result`` as a PNG."""
+    bench_figure(result).savefig(path, dpi=110)
+
+
+def replot(json_path: str, png_path: str | None = None) -> str:
+    """Redraw the PNG of a result JSON written by :func:`run_bench` (no measuring); returns its path
+    (default: the JSON's path with ``.png``)."""
+    with open(json_path) as f:
+        result = json.load(f)
+    if "records" not in result:
+        raise ValueError(f"{json_path} is not a fastdarts bench result (no 'records')")
+    png_path = png_path or os.path.splitext(json_path)[0] + ".png"
+    plot(result, png_path)
+    return png_path
 
 
 def update_readme(results_dir: str, readme: str) -> bool:

@@ -126,6 +126,11 @@ def _cmd_plot(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.replot:
+        from fastdarts.bench import replot
+
+        print(f"wrote {replot(args.replot)}")
+        return 0
     from fastdarts.bench import run_bench
 
     for path in run_bench(args.what, args.out, quick=args.quick):
@@ -164,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", default="all", choices=["kernels", "search", "all"])
     p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder")
     p.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
+    p.add_argument("--replot", metavar="RESULT.json", help="redraw the PNG of a result JSON without measuring")
     p.set_defaults(func=_cmd_bench)
     return parser
 

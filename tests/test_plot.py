@@ -268,3 +268,30 @@ def test_cell_table_lists_both_cells():
     assert table[0].split() == ["node", "normal", "cell", "reduce", "cell"]
     assert table[2].startswith("n0") and "sep_conv_3x3 ← c_{k-2}" in table[2] and "max_pool_3x3 ← c_{k-1}" in table[2]
     assert table[-1].split()[0] == "out" and len(table) == 2 + 4 + 1
+
+
+# ------------------------------------------------------------------------------------- bench charts
+
+
+def test_bench_chart_has_one_panel_per_network_size(tmp_path, capsys):
+    import json
+
+    from fastdarts.bench import bench_figure
+
+    def step(method, C, layers, backend="auto", space="darts"):
+        return dict(name=f"search_step/{method}/{space}", method=method, space=space, backend=backend, C=C,
+                    layers=layers, image_size=16, batch=8, step_ms=10.0 * C)
+
+    result = dict(device="cpu-test", torch="9.9", triton=None, commit="abc1234", date="2026-01-01", quick=False,
+                  copy_bw_gbps=None, records=[step("darts", 16, 8, "eager"), step("darts", 16, 8), step("darts", 8, 5),
+                                              step("gdas", 8, 6), step("darts", 8, 2, space="nb201")])
+    fig = bench_figure(result)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert len(titles) == 4 and len(set(titles)) == 4  # C=16/8 cells, C=8/5, C=8/6, NAS-Bench-201
+    assert any("C=16, 8 cells" in t for t in titles) and any("nb201" in t for t in titles)
+    head = fig._suptitle.get_text()
+    assert "cpu-test" in head and "torch 9.9" in head and "commit abc1234" in head
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(result))
+    assert main(["bench", "--replot", str(path)]) == 0
+    assert _is_png(tmp_path / "r.png") and capsys.readouterr().out == f"wrote {tmp_path / 'r.png'}\n"
