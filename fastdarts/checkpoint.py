@@ -49,8 +49,10 @@ class CheckpointWriteError(OSError):
 
 
 def _first_line(err: BaseException) -> str:
+    """The first sentence of the first line of ``err`` (torch's file errors append paragraphs of advice)."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line.split(". ", 1)[0].rstrip(".")
 
 
 def _unpickler_detail(err: BaseException) -> str:
@@ -174,8 +176,11 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], key
         return any(k == r or k.startswith(f"{r}.") for r in roots)
 
     names = sorted(k for k in set(a) | set(b) if covered(k))
-    return [f"{k}={a.get(k, '<unset>')!r} (checkpoint) vs {b.get(k, '<unset>')!r} (now)"
-            for k in names if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    both = [f"{k}={a[k]!r} (checkpoint) vs {b[k]!r} (now)" for k in names if k in a and k in b and a[k] != b[k]]
+    if both:  # keys only one side has then follow from these (another method's defaults, ...)
+        return both
+    return [f"{k}={a.get(k, '<unset>')!r} (checkpoint) vs {b.get(k, '<unset>')!r} (now)" for k in names
+            if (k in a) != (k in b)]
 
 
 def check_config_matches(state: Mapping[str, Any], current: Mapping[str, Any], keys: Iterable[str],

@@ -156,8 +156,9 @@ def _apply(obj, updates: dict[str, Any], prefix: str = "") -> None:
     for key, value in updates.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ValueError(f"unknown config key {full!r}{did_you_mean(key, names)} (valid keys here: "
-                             f"{', '.join(names)})")
+            close = did_you_mean(key, names)
+            raise ValueError(f"unknown config key {full!r}{close}" if close else
+                             f"unknown config key {full!r} (valid keys here: {', '.join(names)})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if isinstance(value, dict):

@@ -114,7 +114,9 @@ def _check_op(op, where: str) -> None:
     from fastdarts.ops import OPS
 
     if not isinstance(op, str) or op not in OPS:
-        raise ValueError(f"{where} uses unknown op {op!r}{did_you_mean(op, OPS)} (known ops: {', '.join(sorted(OPS))})")
+        close = did_you_mean(op, OPS)
+        raise ValueError(f"{where} uses unknown op {op!r}{close}" if close else
+                         f"{where} uses unknown op {op!r} (known ops: {', '.join(sorted(OPS))})")
 
 
 def _check_index(value, where: str) -> int:

@@ -247,9 +247,9 @@ def check_method_options(method: str, space: str, options: dict, supernet: str =
             spaces_of = get_method(other).spaces
             if other != method and key in method_option_names(other, space if space in spaces_of else spaces_of[0]):
                 owners.append(other)
-        belongs = f"; {key!r} is an option of {', '.join(owners)}" if owners else ""
-        raise ValueError(f"method {method!r} has no option {key!r}{did_you_mean(key, known)}{belongs} "
-                         f"(its options: {', '.join(sorted(known))})")
+        hint = did_you_mean(key, known) + (f"; {key!r} is an option of {', '.join(owners)}" if owners else "")
+        raise ValueError(f"method {method!r} has no option {key!r}{hint}" if hint else
+                         f"method {method!r} has no option {key!r} (its options: {', '.join(sorted(known))})")
     defaults = {**getattr(get_method(method), "NB201_DEFAULTS", {}), **get_method(method).DEFAULTS}
     for key, value in options.items():
         if key not in defaults or defaults[key] is None or value is None:

@@ -211,8 +211,10 @@ def test_config_overrides_are_typed():
 
 
 def test_config_unknown_key_lists_valid_keys():
-    with pytest.raises(ValueError, match="unknown config key 'epoch'") as info:
+    with pytest.raises(ValueError, match="unknown config key 'epoch'; did you mean 'epochs'"):
         load_config(SearchConfig, None, ["epoch=3"])
+    with pytest.raises(ValueError, match="unknown config key 'xyz'") as info:  # no close name: all are listed
+        load_config(SearchConfig, None, ["xyz=3"])
     assert "epochs" in str(info.value) and "method" in str(info.value)
     with pytest.raises(ValueError, match="data.batchsize") as info:
         load_config(SearchConfig, None, ["data.batchsize=3"])
