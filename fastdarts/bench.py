@@ -175,10 +175,15 @@ def forward_net_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return int(sum(e.self_cpu_memory_usage for e in prof.events()))
 
 
-def search_setup(method: str, space: str, C: int, layers: int, batch: int, size: int, device, backend, recompute):
-    """A supernet, its method runner (past any architecture warm-up) and one random batch."""
+def search_setup(method: str, space: str, C: int, layers: int, batch: int, size: int, device, backend, recompute,
+                 **net_options):
+    """A supernet, its method runner (past any architecture warm-up) and one random batch.
+
+    ``net_options`` go to :func:`~fastdarts.spaces.build_supernet` (e.g. ``steps`` for a tiny cell).
+    """
     torch.manual_seed(0)
-    model = build_supernet(space, method, C, 10, layers, backend=backend, recompute=recompute).to(device)
+    model = build_supernet(space, method, C, 10, layers, backend=backend, recompute=recompute,
+                           **net_options).to(device)
     cls = get_method(method)
     runner = cls(model, cls.resolve_hyper({"epochs": 10}, space))
     runner.begin_epoch(max(runner.hp.get("arch_warmup", 0), 1))  # past any warm-up: both steps run

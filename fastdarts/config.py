@@ -66,6 +66,8 @@ class SearchConfig:
     layers: int | None = None
     backend: str = "auto"
     recompute: bool = False
+    # "on": torch.compile the supernet (CUDA graphs through mode="reduce-overhead" on CUDA)
+    compile: str = "off"
     device: str = "auto"
     optim: OptimConfig = field(default_factory=OptimConfig)
     method_options: dict = field(default_factory=dict)

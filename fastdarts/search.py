@@ -136,6 +136,32 @@ def _default_run_dir(cfg: SearchConfig) -> str:
 ON_NONFINITE = ("stop", "skip")
 
 
+COMPILE_CHOICES = ("off", "on")
+
+
+def compile_enabled(value) -> bool:
+    """``compile=`` as a bool: "on"/"off" (YAML 1.1 also reads a bare on/off as True/False)."""
+    name = {"true": "on", "false": "off"}.get(str(value).lower(), str(value).lower())
+    if name not in COMPILE_CHOICES:
+        raise ValueError(f"unknown compile {value!r}; choose one of {COMPILE_CHOICES}")
+    return name == "on"
+
+
+def compile_supernet(model: torch.nn.Module, device: torch.device, **options) -> torch.nn.Module:
+    """Compile ``model`` in place with ``torch.compile`` (``nn.Module.compile``) and return it.
+
+    In place, so the module keeps its identity: ``arch_parameters()``, ``genotype()``,
+    ``state_dict()`` (no ``_orig_mod.`` prefix) and the method's optimisers see the original
+    parameters; only ``model(x)`` runs the compiled forward. CUDA uses ``mode="reduce-overhead"``
+    (CUDA graphs: the step is capturable, see DESIGN.md "GPU hot path"); CPU the default mode.
+    ``options`` go to ``torch.compile`` (e.g. ``fullgraph=True``).
+    """
+    if device.type == "cuda":
+        options.setdefault("mode", "reduce-overhead")
+    model.compile(**options)
+    return model
+
+
 def _check_loop_options(cfg: SearchConfig) -> None:
     """Refuse bad ``log_every`` / ``on_nonfinite`` / ``max_skipped`` before any work starts."""
     if isinstance(cfg.log_every, bool) or not isinstance(cfg.log_every, int) or cfg.log_every < 1:
@@ -319,6 +345,7 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
     cfg = resolve_search_config(cfg)  # idempotent: a resolved config resolves to itself
     check_search_config(cfg)
     _check_loop_options(cfg)
+    compiled = compile_enabled(cfg.compile)
     method_cls = get_method(cfg.method)
     run_dir = cfg.run_dir
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
@@ -336,6 +363,8 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
     model = build_supernet(cfg.space, cfg.method, cfg.C, data.num_classes, cfg.layers, supernet=cfg.supernet,
                            backend=cfg.backend, recompute=cfg.recompute, in_channels=data.in_channels,
                            **net_options).to(device)
+    if compiled:
+        compile_supernet(model, device)
     method = method_cls(model, hyper)
     epochs = hyper["epochs"]
     resume_state = _resume_state(ckpt_path, cfg, model, method) if resume else None
@@ -406,6 +435,8 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
             batch_v = (xv.to(device, non_blocking=True), yv.to(device, non_blocking=True))
             if undo is not None:
                 undo.snapshot()
+            if compiled and device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are dead
             metrics = method.step(batch_t, batch_v, step)
             names, bad = _finite_flags(metrics, arch, arch_names)
             if undo is not None:
