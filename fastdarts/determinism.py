@@ -5,7 +5,11 @@ depends only on (seed, epoch, index), every random draw comes from seeded genera
 C++ and Triton kernels reduce in a fixed order); the switch then only makes PyTorch raise on an
 op without a deterministic implementation. On CUDA it also selects deterministic cuDNN
 convolutions (no autotuning) and a fixed cuBLAS workspace (``CUBLAS_WORKSPACE_CONFIG``), which
-costs speed. The previous global settings are restored when the run ends.
+costs speed, and it runs with ``warn_only=True``: PyTorch documents no deterministic CUDA
+implementation for two ops every search uses, the backward of ``nn.AdaptiveAvgPool2d`` (the
+supernets' global pooling) and ``nn.NLLLoss`` (inside ``cross_entropy``), so strict mode would
+stop every GPU search at its first step; PyTorch warns once for each such op instead. The
+previous global settings are restored when the run ends.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ CUBLAS_WORKSPACE = ":4096:8"
 
 @contextlib.contextmanager
 def deterministic_mode(enabled: bool, device: torch.device) -> Iterator[None]:
-    """Within the block, ``torch.use_deterministic_algorithms(True)``, cuDNN deterministic and not
-    benchmarking, and (on CUDA) ``CUBLAS_WORKSPACE_CONFIG`` set if it was unset; a no-op when not
-    ``enabled``."""
+    """Within the block, ``torch.use_deterministic_algorithms(True)`` (``warn_only`` on CUDA, see the
+    module docstring), cuDNN deterministic and not benchmarking, and (on CUDA)
+    ``CUBLAS_WORKSPACE_CONFIG`` set if it was unset; a no-op when not ``enabled``."""
     if not enabled:
         yield
         return
@@ -33,7 +37,7 @@ def deterministic_mode(enabled: bool, device: torch.device) -> Iterator[None]:
                 cudnn.deterministic, cudnn.benchmark)
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     cudnn.deterministic, cudnn.benchmark = True, False
     try:
         yield

@@ -259,3 +259,23 @@ def test_deterministic_runs_are_identical_and_the_mode_is_restored(baseline, tmp
     result_b = _run(str(tmp_path / "run"))
     _assert_same_run(dir_a, str(tmp_path / "run"))
     assert result_b.genotype == result_a.genotype and result_b.test_acc == result_a.test_acc
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_deterministic_mode_settings(device, monkeypatch):
+    """Strict on CPU; on CUDA warn-only (no deterministic CUDA AdaptiveAvgPool2d backward or NLLLoss
+    in PyTorch) with a fixed cuBLAS workspace. Only flags are set: no GPU is needed to check them."""
+    from fastdarts.determinism import CUBLAS_WORKSPACE, deterministic_mode
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    with deterministic_mode(True, torch.device(device)):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled() == (device == "cuda")
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") == (CUBLAS_WORKSPACE if device == "cuda" else None)
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark) == before
+    with deterministic_mode(False, torch.device(device)):
+        assert torch.are_deterministic_algorithms_enabled() == before[0]
