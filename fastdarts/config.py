@@ -51,8 +51,9 @@ class SearchConfig:
     """Everything ``fastdarts search`` needs.
 
     ``epochs``, ``layers``, ``data.batch_size`` and the ``optim`` fields left at ``None`` take the
-    method's default (:func:`resolve_search_config`). ``stem``: ``"cifar"`` (quark0's 3×3 stem);
-    ``"imagenet"`` names PC-DARTS' ImageNet supernet, which is not available yet.
+    method's default (:func:`resolve_search_config`). ``stem``: ``"cifar"`` (quark0's 3×3 stem) or
+    ``"imagenet"``, PC-DARTS' ImageNet search network (``model_search_imagenet.py``: three stride-2
+    convolutions, k=2 partial channels; :mod:`fastdarts.spaces.imagenet`), for images of 64 px or more.
     """
 
     method: str = "darts"
@@ -341,11 +342,13 @@ def check_search_config(cfg: SearchConfig) -> None:
     """Refuse settings this version cannot run (before any work starts).
 
     Raises:
-        ValueError: for ``stem="imagenet"`` (the ImageNet supernet is not available yet) or an
-            unknown stem.
+        ValueError: for an unknown stem, or ``stem="imagenet"`` with a network that has no ImageNet
+            stem (NASNet-super, NAS-Bench-201). Its image size is checked once the data is known
+            (:func:`fastdarts.spaces.imagenet.check_image_size`).
     """
     if cfg.stem not in STEMS:
         raise ValueError(f"unknown stem {cfg.stem!r}; choose one of {STEMS}")
-    if cfg.stem == "imagenet":
-        raise ValueError("stem=imagenet (the ImageNet supernet of PC-DARTS model_search_imagenet.py, needed by "
-                         "the pcdarts-imagenet recipe) is not available yet")
+    if cfg.stem == "imagenet" and (cfg.space == "nb201" or cfg.supernet == "nasnet"):
+        network = "NAS-Bench-201" if cfg.space == "nb201" else "NASNet-super (supernet=nasnet)"
+        raise ValueError(f"stem=imagenet is PC-DARTS' ImageNet network on the DARTS cell (supernet=quark0); "
+                         f"the {network} network has no ImageNet stem")

@@ -138,6 +138,10 @@ class SearchData:
     in_channels: int  # always 3
     image_size: int
     classes: tuple[str, ...] = ()  # class names where the dataset has them
+    # ImageFolder searches: the weight/architecture file lists (fastdarts.subsets record) and whether they
+    # were read from an existing subsets file (else the caller saves them in the run directory).
+    subsets: dict | None = None
+    subsets_reused: bool = False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -683,6 +687,7 @@ class _Loaded:
     image_size: int
     classes: tuple[str, ...]
     stratified: bool  # split train/arch per class (digits, ImageFolder) rather than by index (CIFAR)
+    root: str | None = None  # ImageFolder: the folder of the training classes (train/ or the root itself)
 
 
 def _normalise_name(name: str) -> str:
@@ -882,7 +887,7 @@ def _load_imagefolder(cfg: DataConfig, root: str) -> _Loaded:
         train = _FolderDataset([paths[i] for i in train_idx], [labels[i] for i in train_idx], **common)
         test = _FolderDataset([paths[i] for i in test_idx], [labels[i] for i in test_idx], **common)
     return _Loaded("imagefolder", _FolderSource(train, cfg.skip_corrupt), _FolderSource(test, cfg.skip_corrupt),
-                   len(classes), S, classes, stratified=True)
+                   len(classes), S, classes, stratified=True, root=train_root)
 
 
 def _load(cfg: DataConfig) -> _Loaded:
@@ -907,13 +912,17 @@ def _loader(source, indices, cfg: DataConfig, seed: int, stream: int, train: boo
                        augment=train and cfg.augment, drop_last=train, num_workers=cfg.num_workers)
 
 
-def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False) -> SearchData:
+def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False,
+                      subsets_file: str | None = None) -> SearchData:
     """Weight split (``train``), architecture split (``valid``) and the held-out ``test`` split.
 
     ``single_level=True`` (DropNAS, GAEA ERM): ``train`` and ``valid`` both draw from all non-test
     training images (with independent shuffles); ``train_portion`` is ignored.
     """
     ds = _load(cfg)
+    ``subsets_file`` (ImageFolder only; the search passes ``RUN_DIR/subsets.json``): when it exists, the
+    two splits are its file lists (:mod:`fastdarts.subsets`), else the drawn ones, returned in
+    ``SearchData.subsets`` for the caller to save.
     labels = ds.train.labels
     n = labels.numel()
     seed = int(seed)
@@ -954,11 +963,20 @@ def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False)
         raise ValueError("subset/arch_subset leave a split without images; use larger fractions")
     return SearchData(
         train=_loader(ds.train, w_pool, cfg, seed, _STREAM_TRAIN, True),
+    record, reused = None, False
+    if subsets_file is not None and ds.root is not None:
+        from fastdarts.subsets import folder_subsets
+
+        settings = dict(seed=seed, train_portion=portion, subset=float(cfg.subset), single_level=bool(single_level),
+                        arch_subset=None if cfg.arch_subset is None else float(cfg.arch_subset))
+        w_pool, a_pool, record, reused = folder_subsets(subsets_file, ds.root, ds.train.dataset.paths, ds.classes,
+                                                        w_pool, a_pool, settings)
         valid=_loader(ds.train, a_pool, cfg, seed, _STREAM_VALID, True),
         test=_loader(ds.test, torch.arange(len(ds.test)), cfg, seed, _STREAM_TEST, False),
         num_classes=ds.num_classes, in_channels=3, image_size=ds.image_size, classes=ds.classes,
     )
 
+        subsets=record, subsets_reused=reused,
 
 def build_train_data(cfg: DataConfig, seed: int) -> SearchData:
     """For retraining a derived network: ``train`` = all non-test training images (augmented,

@@ -11,6 +11,7 @@ Run directory layout::
     plots/             PNG heat maps, trajectories, cell diagrams, curves: fastdarts.viz.plot_run (the CLI
                        ``fastdarts search`` calls it at the end; ``fastdarts plot RUN_DIR`` redraws them)
     checkpoint.pt      atomic, loadable with torch.load(weights_only=True); written each epoch
+    subsets.json       ImageFolder data: the weight / architecture file lists (fastdarts.subsets), reused on resume
 
 A run resumed from its checkpoint continues bit for bit on CPU: every epoch's batches
 depend only on (seed, epoch), and the checkpoint holds the RNG state, the weights, the
@@ -65,6 +66,8 @@ from fastdarts.determinism import deterministic_mode
 from fastdarts.genotype import save_genotype
 from fastdarts.methods import get_method
 from fastdarts.spaces import build_supernet
+from fastdarts.spaces.imagenet import check_image_size
+from fastdarts.subsets import SUBSETS_FILE, save_subsets
 from fastdarts.validate import check_run_dir, resolve_device, validate_search_config
 from fastdarts.viz import log_arch_figures
 
@@ -359,10 +362,14 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
                                       "batch_size": cfg.data.batch_size, **hyper_options}, cfg.space)
     # DropNAS is single-level by construction; GAEA has it as an option (ERM).
     single_level = bool(hyper.get("single_level", method_cls.single_level))
-    data = build_search_data(cfg.data, cfg.seed, single_level=single_level)
+    # ImageFolder: the weight/architecture file lists of an earlier start of this run are reused.
+    subsets_path = os.path.join(run_dir, SUBSETS_FILE)
+    data = build_search_data(cfg.data, cfg.seed, single_level=single_level, subsets_file=subsets_path)
+    if cfg.stem == "imagenet":
+        check_image_size(data.image_size)
     model = build_supernet(cfg.space, cfg.method, cfg.C, data.num_classes, cfg.layers, supernet=cfg.supernet,
-                           backend=cfg.backend, recompute=cfg.recompute, in_channels=data.in_channels,
-                           **net_options).to(device)
+                           stem=cfg.stem, backend=cfg.backend, recompute=cfg.recompute,
+                           in_channels=data.in_channels, **net_options).to(device)
     if compiled:
         compile_supernet(model, device)
     method = method_cls(model, hyper)
@@ -409,6 +416,11 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
         arch_hist.append(start_epoch, arch_views(model))
         arch_hist.save(history_path)
     genotype = model.genotype()
+    if data.subsets is not None:
+        if not data.subsets_reused:
+            save_subsets(subsets_path, data.subsets)
+        logger.info("weight / architecture images: %d / %d, %s %s", data.train.num_samples, data.valid.num_samples,
+                    "listed in" if data.subsets_reused else "drawn from the seed and saved to", subsets_path)
     arch = model.arch_parameters()
     arch_names = model.arch_names() if hasattr(model, "arch_names") else [str(i) for i in range(len(arch))]
     undo = _StepUndo(model, method) if cfg.on_nonfinite == "skip" else None

@@ -353,6 +353,8 @@ def test_genotype_objects_are_validated_too():
         validate_genotype(bad)
     with pytest.raises(TypeError, match="expected a Genotype"):
         validate_genotype({"normal": []})
+    with pytest.raises(ValueError, match="reads state 7"):  # the network builder checks it too
+        fastdarts.build_network(bad, C=4, layers=2)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from fastdarts.genotype import Genotype, NB201Genotype
+from fastdarts.genotype import Genotype, NB201Genotype, validate_genotype
 
 SPACES = ("darts", "nb201", "s1", "s2", "s3", "s4", "s5")
 SUPERNETS = ("auto", "quark0", "nasnet")
@@ -116,6 +116,8 @@ def build_network(genotype, C: int = 36, num_classes: int = 10, layers: int | No
     genotypes give the NAS-Bench-201 network (``layers`` cells per stage, default 5;
     ``forward`` returns ``(logits, None)``).
     """
+    if isinstance(genotype, (Genotype, NB201Genotype)):
+        validate_genotype(genotype)  # an input out of range is a clear ValueError here, not an IndexError later
     if isinstance(genotype, NB201Genotype):
         from fastdarts.spaces.nb201 import NB201Network
 
