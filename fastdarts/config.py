@@ -77,6 +77,11 @@ class SearchConfig:
     on_nonfinite: str = "stop"  # NaN/inf loss or architecture tensor: stop | skip (drop the step's updates)
     max_skipped: int = 10  # on_nonfinite=skip: the run stops at the next non-finite step after this many
     deterministic: bool = False  # torch.use_deterministic_algorithms(True), cuDNN deterministic (README)
+    # Mixed precision of the candidate ops: off | bf16 | fp16 (fp16: GradScaler; CUDA only). Architecture
+    # tensors, mixing weights, losses and regularisers stay fp32 (fastdarts.methods.base).
+    amp: str = "off"
+    # Also write the checkpoint every N steps within an epoch (None: at epoch ends only); resume is exact.
+    checkpoint_every: int | None = None
 
 
 @dataclass

@@ -7,6 +7,7 @@ weights) to a :class:`CellWeights`, shared by every cell of that type.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -39,6 +40,20 @@ def normalize_per_node(beta: torch.Tensor, steps: int, fn) -> torch.Tensor:
     return torch.cat([fn(beta[s]) for s in node_edge_slices(steps)], dim=0)
 
 
+def autocast_off(fn):
+    """Run ``all_cell_weights`` with autocast disabled: mixing weights (softmax, gates, β) are computed
+    in fp32 from the fp32 architecture tensors even inside a ``torch.autocast`` region (``amp=bf16|fp16``),
+    so only the candidate ops run in low precision and the gradients reaching α/β are fp32."""
+
+    @functools.wraps(fn)
+    def wrapper(self, archs: dict, steps: int):
+        alpha = next(iter(archs.values()))[0]
+        with torch.autocast(alpha.device.type, enabled=False):
+            return fn(self, archs, steps)
+
+    return wrapper
+
+
 class Mixing:
     """DARTS: ``weights = softmax(α)`` per edge; α initialised ``1e-3·N(0, 1)``."""
 
@@ -57,6 +72,7 @@ class Mixing:
         """Per-edge, per-op scores that the DARTS genotype rule ranks."""
         return self.cell_weights(alpha, beta, steps).weights
 
+    @autocast_off
     def all_cell_weights(self, archs: dict, steps: int) -> dict[str, CellWeights]:
         """Weights of every cell type of one forward: ``archs`` maps kind -> (α, β).
 
@@ -256,6 +272,7 @@ class SampledMixing(Mixing):
         return None
 
     # -- shared machinery ---------------------------------------------------------------------
+    @autocast_off
     def all_cell_weights(self, archs: dict, steps: int) -> dict[str, CellWeights]:
         """Sample every cell type of one forward: ``archs`` maps kind -> (α, β). One host copy."""
         kinds = list(archs)

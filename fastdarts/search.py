@@ -208,6 +208,14 @@ class _EpochMetrics:
         self.steps += 1
         self.sums[: len(parts)] += torch.stack([t.to(torch.float64) for t in parts])
 
+    def state_dict(self) -> dict:
+        """The partial epoch's sums and counts, for a mid-epoch checkpoint (call after :meth:`read`)."""
+        return {"sums": self.sums.cpu(), "steps": self.steps, "arch_steps": self.arch_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums.copy_(state["sums"])
+        self.steps, self.arch_steps = int(state["steps"]), int(state["arch_steps"])
+
     def note_bad(self, names: tuple[str, ...], bad: torch.Tensor, step: int) -> None:
         """Keep the first non-finite step since the last read (``names`` fixed within an interval)."""
         if self.bad_step is None:
@@ -317,7 +325,12 @@ def interrupted_message(run_dir: str, epochs: int, command: str = "search") -> s
     if not os.path.isfile(ckpt):
         return (f"interrupted before the first epoch ended: no checkpoint was written, start the {command} again "
                 f"(run_dir={run_dir})")
-    done = load_checkpoint(ckpt)["epoch"] + 1
+    state = load_checkpoint(ckpt)
+    done = state["epoch"] + 1
+    pos = state.get("position")
+    if pos is not None:  # a mid-epoch checkpoint (checkpoint_every): the resume starts at its step
+        return (f"interrupted: {ckpt} holds the state after step {pos['step']} of epoch {pos['epoch'] + 1}/{epochs}; "
+                f"continue with `fastdarts {command} --resume {run_dir}` (it continues at that step)")
     return (f"interrupted: {ckpt} holds the state after epoch {done}/{epochs}; continue with "
             f"`fastdarts {command} --resume {run_dir}` (the steps of epoch {done + 1} are redone)")
 
@@ -341,6 +354,24 @@ def trim_metrics_csv(csv_path: str, epoch: int) -> None:
     if len(keep) != len(rows):
         with open(csv_path, "w", newline="") as f:
             csv.writer(f).writerows(keep)
+
+
+def _checkpoint_state(cfg: SearchConfig, model: torch.nn.Module, method, device: torch.device, epoch: int,
+                      history: list, skipped: int, position: dict | None = None) -> dict:
+    """What ``checkpoint.pt`` holds: ``epoch`` is the last finished epoch; ``position`` (mid-epoch
+    checkpoints only) the epoch in progress, its next step, the architecture-split position and the
+    partial metric sums. The method state carries the optimisers and the gate sampler's counter."""
+    state = {
+        "epoch": epoch, "model": model.state_dict(), "arch": model.arch_state_dict(),
+        "method": method.state_dict(), "rng": torch.get_rng_state(), "history": history,
+        "skipped_steps": skipped,
+        "config": to_dict(cfg),
+    }
+    if position is not None:
+        state["position"] = position
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    return state
 
 
 def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
@@ -373,6 +404,7 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
     if compiled:
         compile_supernet(model, device)
     method = method_cls(model, hyper)
+    method.set_amp(cfg.amp)
     epochs = hyper["epochs"]
     resume_state = _resume_state(ckpt_path, cfg, model, method) if resume else None
     # Only now, with the data, the supernet and the checkpoint checked, is the run directory touched.
@@ -384,8 +416,13 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
                 run_dir, cfg.method, cfg.space, cfg.data.name, data.train.num_samples, data.valid.num_samples,
                 data.test.num_samples, device, epochs)
     logger.info("hyper-parameters: %s", hyper)
+    if data.subsets is not None:
+        if not data.subsets_reused:
+            save_subsets(subsets_path, data.subsets)
+        logger.info("weight / architecture images: %d / %d, %s %s", data.train.num_samples, data.valid.num_samples,
+                    "listed in" if data.subsets_reused else "drawn from the seed and saved to", subsets_path)
 
-    start_epoch, history, skipped = 0, [], 0
+    start_epoch, history, skipped, position = 0, [], 0, None
     if resume:
         state = resume_state
         model.load_state_dict(state["model"])
@@ -396,8 +433,13 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
             torch.cuda.set_rng_state(state["cuda_rng"])
         start_epoch, history = state["epoch"] + 1, list(state["history"])
         skipped = int(state.get("skipped_steps", 0))
-        logger.info("resumed from %s: epoch %d/%d was done, continuing with epoch %d", ckpt_path, start_epoch,
-                    epochs, start_epoch + 1)
+        position = state.get("position")  # a mid-epoch checkpoint: the epoch, step and loader positions
+        if position is not None:
+            logger.info("resumed from %s: continuing epoch %d/%d at step %d", ckpt_path, position["epoch"] + 1,
+                        epochs, position["step"] + 1)
+        else:
+            logger.info("resumed from %s: epoch %d/%d was done, continuing with epoch %d", ckpt_path, start_epoch,
+                        epochs, start_epoch + 1)
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -416,11 +458,6 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
         arch_hist.append(start_epoch, arch_views(model))
         arch_hist.save(history_path)
     genotype = model.genotype()
-    if data.subsets is not None:
-        if not data.subsets_reused:
-            save_subsets(subsets_path, data.subsets)
-        logger.info("weight / architecture images: %d / %d, %s %s", data.train.num_samples, data.valid.num_samples,
-                    "listed in" if data.subsets_reused else "drawn from the seed and saved to", subsets_path)
     arch = model.arch_parameters()
     arch_names = model.arch_names() if hasattr(model, "arch_names") else [str(i) for i in range(len(arch))]
     undo = _StepUndo(model, method) if cfg.on_nonfinite == "skip" else None
@@ -430,19 +467,38 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
         model.train()
         data.train.set_epoch(epoch)
         acc = _EpochMetrics(device)
+        # first: the step this epoch starts at (a mid-epoch resume); valid_pos: architecture batches taken
+        # from the current pass over the architecture split ("iterate" sampling).
+        first = valid_pos = 0
+        if position is not None:
+            first, valid_pos = int(position["step"]), int(position["valid_pos"])
+            acc.load_state_dict(position["metrics"])
+            t0 -= float(position["seconds"])
+            position = None
+        # Batch i of an epoch depends only on (seed, epoch, i): starting at `first` gives the same batches.
         if method.valid_sampling == "random":
-            valid_iter = data.valid.random_batches(epoch)
+            valid_iter = data.valid.random_batches(epoch, start=first)
         else:
-            valid_iter = iter(data.valid.iterate(epoch))
+            valid_iter = iter(data.valid.iterate(epoch, start=valid_pos))
 
-        bar = tqdm(data.train, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
-        step = -1
-        for step, (xt, yt) in enumerate(bar):
+        bar = tqdm(data.train.iterate(epoch, start=first), desc=f"epoch {epoch + 1}/{epochs}", total=len(data.train),
+                   initial=first, leave=False, dynamic_ncols=True)
+        step = first - 1
+        for step, (xt, yt) in enumerate(bar, start=first):
+            if cfg.checkpoint_every and step > first and step % cfg.checkpoint_every == 0:
+                # Steps 0 .. step-1 are done: a mid-epoch checkpoint, checked for non-finite values first.
+                acc.read_checked(epoch, step - 1, ckpt_path, cfg.log_every)
+                save_checkpoint(ckpt_path, _checkpoint_state(
+                    cfg, model, method, device, epoch - 1, history, skipped,
+                    {"epoch": epoch, "step": step, "valid_pos": valid_pos, "metrics": acc.state_dict(),
+                     "seconds": time.time() - t0}))
             try:
                 xv, yv = next(valid_iter)
+                valid_pos += 1
             except StopIteration:  # persistent iteration over a smaller validation split: start over
                 valid_iter = iter(data.valid.iterate(epoch))
                 xv, yv = next(valid_iter)
+                valid_pos = 1
             batch_t = (xt.to(device, non_blocking=True), yt.to(device, non_blocking=True))
             batch_v = (xv.to(device, non_blocking=True), yv.to(device, non_blocking=True))
             if undo is not None:
@@ -500,15 +556,7 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
         logger.info("epoch %d/%d lr %.5f loss %.4f acc %.2f%% arch_loss %.4f (%.1fs)", epoch + 1, epochs, row["lr"],
                     row["train_loss"], row["train_acc"], row["arch_loss"], row["seconds"])
         logger.info("genotype %s", genotype.to_dict())
-        state = {
-            "epoch": epoch, "model": model.state_dict(), "arch": model.arch_state_dict(),
-            "method": method.state_dict(), "rng": torch.get_rng_state(), "history": history,
-            "skipped_steps": skipped,
-            "config": to_dict(cfg),
-        }
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state()
-        save_checkpoint(ckpt_path, state)
+        save_checkpoint(ckpt_path, _checkpoint_state(cfg, model, method, device, epoch, history, skipped))
     writer.close()
 
     test_acc = evaluate(model, data.test, device)

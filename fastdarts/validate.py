@@ -332,7 +332,23 @@ def validate_search_config(cfg: Any) -> torch.device:
     check_method_options(cfg.method, cfg.space, cfg.method_options, supernet)
     device = resolve_device(cfg.device)
     check_backend(cfg.backend, device)
+    check_amp(getattr(cfg, "amp", "off"), device)
+    every = getattr(cfg, "checkpoint_every", None)
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ValueError(f"checkpoint_every must be an integer >= 1 (steps between checkpoints) or null "
+                         f"(epoch ends only), got {every!r}")
     return device
+
+
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+def check_amp(amp: Any, device: torch.device) -> None:
+    """Refuse an unknown ``amp`` mode, and ``fp16`` off CUDA (CPU autocast has no fp16 kernels to speak of)."""
+    check_choice("amp", amp, AMP_MODES)
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"amp=fp16 needs a CUDA device (fp16 autocast is not supported on {device.type}); "
+                         "use amp=bf16 or amp=off")
 
 
 def validate_train_config(cfg: Any) -> torch.device:

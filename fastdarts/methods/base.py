@@ -99,6 +99,76 @@ class SearchMethod:
         self.a_optim = self.make_arch_optimizer()
         self.epoch = 0
         self.lr = self.hp["w_lr"]
+        self.set_amp("off")
+
+    # ---------------------------------------------------------------- mixed precision
+    def set_amp(self, mode: str) -> None:
+        """Mixed precision of the supernet forwards: ``"off"``, ``"bf16"`` or ``"fp16"`` (CUDA).
+
+        The candidate ops run under ``torch.autocast`` (:meth:`forward`); the mixing weights are
+        computed with autocast off (:func:`fastdarts.gates.autocast_off`), the logits are cast back
+        to fp32 before the loss, and regularisers are computed outside autocast, so architecture
+        tensors, their gradients and the optimiser states stay fp32. ``fp16`` adds one
+        ``torch.amp.GradScaler`` shared by the weight and the architecture step: every loss that is
+        differentiated is multiplied by the scale S (:meth:`scaled`), gradients set on parameters
+        are unscaled in place by the scaler before clipping, and :meth:`optimizer_step` skips the
+        update of a step whose gradients overflowed; :meth:`end_step` adapts S once per iteration.
+        Methods that use gradients inside the step (second-order DARTS, Λ-DARTS) unscale them with
+        :meth:`unscale`.
+        """
+        dtypes = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if mode not in dtypes:
+            raise ValueError(f"unknown amp {mode!r}; choose one of {tuple(dtypes)}")
+        self.amp, self.amp_dtype = mode, dtypes[mode]
+        self.device_type = self.arch[0].device.type
+        self.scaler = torch.amp.GradScaler(self.device_type) if mode == "fp16" else None
+
+    def autocast(self):
+        """The autocast region of a supernet forward (a no-op with ``amp=off``)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Supernet logits of ``x`` under :meth:`autocast`, as fp32 (the loss is computed in fp32)."""
+        with self.autocast():
+            out = self.model(x, **kwargs)
+        return out.float()
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """``S·loss`` with ``amp=fp16`` (GradScaler), ``loss`` otherwise: the tensor to differentiate."""
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
+    def unscale(self, grads) -> list:
+        """Gradients of :meth:`scaled` losses divided by S (None entries kept); identity without fp16.
+
+        S is read as a device tensor (``scaler.scale(1)``), so this costs no host synchronisation;
+        an overflow (inf/NaN) stays in the result and makes :meth:`optimizer_step` skip the update.
+        """
+        if self.scaler is None:
+            return list(grads)
+        inv = 1.0 / self.scaler.scale(torch.ones((), device=self.arch[0].device))
+        return [None if g is None else g * inv for g in grads]
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, clip: float | None = None) -> None:
+        """Unscale (fp16) the gradients of ``optimizer``'s parameters, clip their norm to ``clip``, step.
+
+        With a scaler the step is skipped when the unscaled gradients are not finite. Without
+        ``clip`` the scaler's ``step`` unscales (unless :meth:`set_arch_grads` already did).
+        """
+        if clip is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+
+    def end_step(self) -> None:
+        """Close one iteration: the GradScaler adapts its scale (once per iteration, after all steps)."""
+        if self.scaler is not None:
+            self.scaler.update()
 
     # ---------------------------------------------------------------- construction helpers
     @classmethod
@@ -154,6 +224,7 @@ class SearchMethod:
             metrics.update(self.arch_step(train_batch, valid_batch))
         if self.hp["step_order"] != "weight_first":
             metrics.update(self.weight_step(*train_batch))
+        self.end_step()
         return metrics
 
     def criterion(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -161,11 +232,15 @@ class SearchMethod:
 
     def arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Loss whose gradient w.r.t. α drives the architecture step (methods add regularisers)."""
-        return self.criterion(self.model(x), y)
+        return self.criterion(self.forward(x), y)
 
     def set_arch_grads(self, grads) -> None:
+        """Set the architecture gradients (of a :meth:`scaled` loss) and, with fp16, unscale them in
+        place, so overrides that clip them (PC-DARTS) see true gradients."""
         for p, g in zip(self.arch, grads):
             p.grad = torch.zeros_like(p) if g is None else g
+        if self.scaler is not None:
+            self.scaler.unscale_(self.a_optim)
 
     def arch_step(self, train_batch, valid_batch) -> dict[str, torch.Tensor]:
         x, y = valid_batch
@@ -173,24 +248,28 @@ class SearchMethod:
         # work is done (recomputed cells included, which otherwise see every parameter as an input).
         with requires_grad_disabled(self.weights):
             loss = self.arch_loss(x, y)
-            self.set_arch_grads(torch.autograd.grad(loss, self.arch, allow_unused=True))
-        self.a_optim.step()
+            self.set_arch_grads(torch.autograd.grad(self.scaled(loss), self.arch, allow_unused=True))
+        self.optimizer_step(self.a_optim)
         return {"arch_loss": loss.detach()}
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         self.w_optim.zero_grad(set_to_none=True)
-        logits = self.model(x)
+        logits = self.forward(x)
         loss = self.criterion(logits, y)
-        loss.backward(inputs=self.weights)
-        nn.utils.clip_grad_norm_(self.weights, self.hp["w_grad_clip"])
-        self.w_optim.step()
+        self.scaled(loss).backward(inputs=self.weights)
+        self.optimizer_step(self.w_optim, self.hp["w_grad_clip"])
         return batch_metrics(loss, logits, y)
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
-        return {"w_optim": self.w_optim.state_dict(), "a_optim": self.a_optim.state_dict(), "epoch": self.epoch}
+        state = {"w_optim": self.w_optim.state_dict(), "a_optim": self.a_optim.state_dict(), "epoch": self.epoch}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.w_optim.load_state_dict(state["w_optim"])
         self.a_optim.load_state_dict(state["a_optim"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.begin_epoch(state["epoch"])

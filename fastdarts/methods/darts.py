@@ -52,11 +52,15 @@ class DartsSecondOrder(SearchMethod):
 
     def _arch_grad_at(self, values, x, y):
         with weights_set_to(self.weights, values):
-            loss = self.criterion(self.model(x), y)
-            return torch.autograd.grad(loss, self.arch, allow_unused=True)
+            loss = self.criterion(self.forward(x), y)
+            return torch.autograd.grad(self.scaled(loss), self.arch, allow_unused=True)
 
     def hessian_vector_product(self, v, x, y):
-        """``(∇_α L_tr(w + εv) − ∇_α L_tr(w − εv)) / (2ε)`` with ``ε = 0.01/‖v‖``."""
+        """``(∇_α L_tr(w + εv) − ∇_α L_tr(w − εv)) / (2ε)`` with ``ε = 0.01/‖v‖``.
+
+        ``v`` is a true (unscaled) gradient, so ε and the perturbed weights are those of fp32; with
+        ``amp=fp16`` the two gradients, hence the result, carry the loss scale S like ``d_α``.
+        """
         eps = 0.01 / torch.cat([t.reshape(-1) for t in v]).norm()
         w = [p.detach() for p in self.weights]
         g_plus = self._arch_grad_at([p + eps * t for p, t in zip(w, v)], x, y)
@@ -65,8 +69,8 @@ class DartsSecondOrder(SearchMethod):
 
     def unrolled_weights(self, x, y) -> list[torch.Tensor]:
         """``w' = w − ξ(μ·m + ∇_w L_tr(w, α) + λw)`` (plain SGD-with-momentum step, no clipping)."""
-        loss = self.criterion(self.model(x), y)
-        grads = torch.autograd.grad(loss, self.weights)
+        loss = self.criterion(self.forward(x), y)
+        grads = self.unscale(torch.autograd.grad(self.scaled(loss), self.weights))
         mu, wd, xi = self.hp["w_momentum"], self.hp["w_weight_decay"], self.lr
         return [p.detach() - xi * (mu * self._momentum(p) + g + wd * p.detach())
                 for p, g in zip(self.weights, grads)]
@@ -77,11 +81,12 @@ class DartsSecondOrder(SearchMethod):
         # The virtual step runs on a copy in quark0: its BatchNorm statistics are thrown away.
         with weights_set_to(self.weights, w_prime), bn_stats_restored(self.model):
             loss = self.arch_loss(xv, yv)
-            grads = torch.autograd.grad(loss, self.arch + self.weights, allow_unused=True)
-        d_alpha, v = grads[: len(self.arch)], grads[len(self.arch):]
+            grads = torch.autograd.grad(self.scaled(loss), self.arch + self.weights, allow_unused=True)
+        # fp16: d_α stays scaled (set_arch_grads unscales the final g_α); v is unscaled for ε = 0.01/‖v‖.
+        d_alpha, v = grads[: len(self.arch)], self.unscale(grads[len(self.arch):])
         v = [torch.zeros_like(p) if g is None else g for p, g in zip(self.weights, v)]
         implicit = self.hessian_vector_product(v, xt, yt)
         g_alpha = [None if d is None else (d if h is None else d - self.lr * h) for d, h in zip(d_alpha, implicit)]
         self.set_arch_grads(g_alpha)
-        self.a_optim.step()
+        self.optimizer_step(self.a_optim)
         return {"arch_loss": loss.detach()}

@@ -83,10 +83,10 @@ class DropNAS(SampledGateMethod):
         params = self.weights + (self.arch if train_arch else [])
         self.w_optim.zero_grad(set_to_none=False)
         self.a_optim.zero_grad(set_to_none=False)
-        logits = self.model(x)
+        logits = self.forward(x)
         samples = dict(self.gates.last)
         loss = self.criterion(logits, y)
-        loss.backward(inputs=params)
+        self.scaled(loss).backward(inputs=params)
         # Ops dropped in this forward leave their weights without a gradient. As in the original
         # (PyTorch 1.x zero_grad zeroes instead of freeing), they take a zero gradient, so SGD still
         # applies their momentum. Filling here (not only zeroing) also makes a resumed run, whose
@@ -94,11 +94,19 @@ class DropNAS(SampledGateMethod):
         for p in self.weights:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        nn.utils.clip_grad_norm_(self.weights, self.hp["w_grad_clip"])
-        self.w_optim.step()
+        self.optimizer_step(self.w_optim, self.hp["w_grad_clip"])
         if train_arch:
-            self.a_optim.step()
+            self.optimizer_step(self.a_optim)
+        if self.scaler is not None:
+            # fp16: the scaler unscaled step 1's gradients in place (the masks below read true
+            # gradients). A step 1 that overflowed was skipped; its decay step is skipped with it
+            # (scaler.step already synchronised with the host, so reading the flag costs nothing more).
+            overflow = not bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all())
+            self.end_step()
+            if overflow:
+                return batch_metrics(loss, logits, y)
         # 2. partial decay: masks from step 1's gradients, then a second step of both optimisers.
+        # L_dec is an fp32 function of fp32 parameters (no autocast): it is differentiated unscaled.
         dec = self.decay_loss()
         self.w_optim.zero_grad(set_to_none=False)
         self.a_optim.zero_grad(set_to_none=False)

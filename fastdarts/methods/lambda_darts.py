@@ -208,9 +208,9 @@ class LambdaDarts(SearchMethod):
         return out
 
     def _weight_grads(self, x, y, shared, cell_w, extra=()):
-        logits = self.model(x, cell_weights=self.per_cell_weights(shared, cell_w))
+        logits = self.forward(x, cell_weights=self.per_cell_weights(shared, cell_w))
         loss = self.criterion(logits, y)
-        grads = torch.autograd.grad(loss, list(self.weights) + list(extra), allow_unused=True)
+        grads = torch.autograd.grad(self.scaled(loss), list(self.weights) + list(extra), allow_unused=True)
         return loss, logits, grads
 
     def per_cell_gradients(self, x, y, shared=None):
@@ -219,7 +219,9 @@ class LambdaDarts(SearchMethod):
         leaves = [shared["normal"].weights.detach().clone().requires_grad_(True) for _ in range(self.num_regularised)]
         loss, logits, grads = self._weight_grads(x, y, shared, leaves, extra=leaves)
         n = len(self.weights)
-        g_cells = [torch.zeros_like(w) if g is None else g for w, g in zip(leaves, grads[n:])]
+        # fp16: ∇_w stays scaled by S (optimizer_step unscales it); g_ℓ is unscaled, so the directions
+        # d_ℓ, ε and the perturbations are those of fp32 and (G+ − G−)/(2ε) carries S like ∇_w.
+        g_cells = [torch.zeros_like(w) if g is None else g for w, g in zip(leaves, self.unscale(grads[n:]))]
         return loss, logits, list(grads[:n]), g_cells
 
     def alignment_gradient(self, x, y, g_cells, shared=None) -> list:
@@ -248,8 +250,7 @@ class LambdaDarts(SearchMethod):
             grads = [g if g is None else g + lam * r for g, r in zip(grads, reg)]
         for p, g in zip(self.weights, grads):
             p.grad = g
-        nn.utils.clip_grad_norm_(self.weights, self.hp["w_grad_clip"])
-        self.w_optim.step()
+        self.optimizer_step(self.w_optim, self.hp["w_grad_clip"])
         metrics = batch_metrics(loss, logits, y)
         if self.num_regularised >= 2:
             metrics["grad_corr"] = mean_pairwise_cosine(g_cells)

@@ -178,6 +178,6 @@ class PRDarts(SampledGateMethod):
         return prdarts_regularizer(A, masks, tau, prims, self.model._steps, lambdas, self.hp["reg_threshold"])
 
     def arch_loss(self, x, y):
-        loss = self.criterion(self.model(x), y)
-        R, _ = self.regularizer()
+        loss = self.criterion(self.forward(x), y)
+        R, _ = self.regularizer()  # outside autocast: fp32
         return loss + R
