@@ -50,7 +50,7 @@ def test_digits_shapes_dtypes_and_normalisation(digits):
     ys = torch.cat([b[1] for b in digits.test])
     assert abs(float(xs.mean())) < 0.1 and abs(float(xs.std()) - 1.0) < 0.1
     assert sorted(ys.unique().tolist()) == list(range(10))
-    assert len(digits.train) == digits.train.num_samples // 32  # drop_last
+    assert len(digits.train) == -(-digits.train.num_samples // 32)  # keeps the partial batch (quark0)
     assert len(digits.test) == -(-digits.test.num_samples // 32)  # keeps the partial batch
     assert sum(b[0].shape[0] for b in digits.test) == digits.test.num_samples
 
@@ -88,7 +88,7 @@ def test_same_seed_epoch_same_batches_different_epoch_differs():
     # order comes from the epoch alone: resuming mid-epoch reproduces the same batches
     full = list(a.train.iterate(3))
     tail = list(a.train.iterate(3, start=1))
-    assert len(full) == 3 and len(tail) == 2
+    assert len(full) == 4 and len(tail) == 3  # 719 images: 3 x 200 + the partial batch of 119
     assert all(torch.equal(f[0], t[0]) for f, t in zip(full[1:], tail, strict=True))
     assert torch.equal(a.train.batch(3, 2)[0], full[2][0])
     # another seed gives another order; the test loader is never shuffled
@@ -115,6 +115,22 @@ def test_partial_batch_when_split_smaller_than_batch():
     assert d.train.num_samples < 1000 and len(d.train) == 1
     assert next(iter(d.train))[0].shape[0] == d.train.num_samples
     assert d.valid.random_batch(0, 0)[0].shape[0] == d.valid.num_samples
+
+
+def test_every_epoch_sees_every_image_once_last_partial_batch_kept():
+    # quark0/darts train_search.py and train.py use DataLoader(drop_last=False): an epoch of the
+    # weight split is ceil(n / batch) steps and visits each of its n images exactly once.
+    search = build_search_data(DataConfig(batch_size=64, augment=False), seed=2)
+    retrain = build_train_data(DataConfig(batch_size=64, augment=False), seed=2)
+    for loader in (search.train, search.valid, retrain.train):
+        n = loader.num_samples
+        assert n % 64 != 0  # the digits splits (719, 719, 1438 images) end on a partial batch
+        loader.set_epoch(1)
+        batches = list(loader)
+        assert len(loader) == len(batches) == -(-n // 64)
+        assert [y.numel() for _, y in batches] == [64] * (n // 64) + [n % 64]
+        order = torch.cat([idx for idx, _ in loader._specs(1)])
+        assert torch.equal(torch.sort(order).values, torch.sort(loader.indices).values)
 
 
 def test_random_crop_matches_naive():
@@ -190,7 +206,7 @@ def test_cifar10_folder(tmp_path):
     assert (d.num_classes, d.in_channels, d.image_size) == (10, 3, 32)
     assert d.classes == tuple(f"c{i}" for i in range(10))
     assert torch.equal(d.train.indices, torch.arange(15)) and torch.equal(d.valid.indices, torch.arange(15, 30))
-    assert d.test.num_samples == 5 and len(d.test) == 2 and len(d.train) == 3
+    assert d.test.num_samples == 5 and len(d.test) == 2 and len(d.train) == 4  # 15 = 3 x 4 + 3
     x, y = next(iter(d.train))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     # test batches are exactly the normalised pixels, in file order
