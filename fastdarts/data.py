@@ -920,11 +920,11 @@ def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False,
 
     ``single_level=True`` (DropNAS, GAEA ERM): ``train`` and ``valid`` both draw from all non-test
     training images (with independent shuffles); ``train_portion`` is ignored.
-    """
-    ds = _load(cfg)
     ``subsets_file`` (ImageFolder only; the search passes ``RUN_DIR/subsets.json``): when it exists, the
     two splits are its file lists (:mod:`fastdarts.subsets`), else the drawn ones, returned in
     ``SearchData.subsets`` for the caller to save.
+    """
+    ds = _load(cfg)
     labels = ds.train.labels
     n = labels.numel()
     seed = int(seed)
@@ -963,8 +963,6 @@ def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False,
                                   _generator(seed, _TAG_SUBSET, 2), pool=a_pool)
     if w_pool.numel() == 0 or a_pool.numel() == 0:
         raise ValueError("subset/arch_subset leave a split without images; use larger fractions")
-    return SearchData(
-        train=_loader(ds.train, w_pool, cfg, seed, _STREAM_TRAIN, True),
     record, reused = None, False
     if subsets_file is not None and ds.root is not None:
         from fastdarts.subsets import folder_subsets
@@ -973,12 +971,14 @@ def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False,
                         arch_subset=None if cfg.arch_subset is None else float(cfg.arch_subset))
         w_pool, a_pool, record, reused = folder_subsets(subsets_file, ds.root, ds.train.dataset.paths, ds.classes,
                                                         w_pool, a_pool, settings)
+    return SearchData(
+        train=_loader(ds.train, w_pool, cfg, seed, _STREAM_TRAIN, True),
         valid=_loader(ds.train, a_pool, cfg, seed, _STREAM_VALID, True),
         test=_loader(ds.test, torch.arange(len(ds.test)), cfg, seed, _STREAM_TEST, False),
         num_classes=ds.num_classes, in_channels=3, image_size=ds.image_size, classes=ds.classes,
+        subsets=record, subsets_reused=reused,
     )
 
-        subsets=record, subsets_reused=reused,
 
 def build_train_data(cfg: DataConfig, seed: int) -> SearchData:
     """For retraining a derived network: ``train`` = all non-test training images (augmented,
