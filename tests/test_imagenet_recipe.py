@@ -158,7 +158,8 @@ def test_subsets_are_drawn_saved_and_read_back(folder, tmp_path):
     drawn = _data(folder, path)
     assert not drawn.subsets_reused and not os.path.exists(path)  # build_search_data writes nothing
     rec = drawn.subsets
-    assert rec["classes"] == ["ant", "bee", "cat"] and (rec["subset"], rec["arch_subset"], rec["seed"]) == (0.5, 0.25, 2)
+    assert rec["classes"] == ["ant", "bee", "cat"]
+    assert (rec["subset"], rec["arch_subset"], rec["seed"]) == (0.5, 0.25, 2)
     # round(0.5·12) = 6 and round(0.25·12) = 3 images per class, from disjoint halves of train/.
     assert len(rec["weights"]) == 18 and len(rec["architecture"]) == 9
     assert not set(rec["weights"]) & set(rec["architecture"])
@@ -198,7 +199,7 @@ def test_subsets_file_that_does_not_match_is_one_line_naming_it(folder, tmp_path
 
 # ---------------------------------------------------------------------------------------------- end to end
 
-# Tiny pcdarts-imagenet: 2 epochs, C=4, 3 cells, batch 4 (18 weight / 9 architecture images: 4 steps, the
+# Tiny pcdarts-imagenet: 2 epochs, C=4, 3 cells, batch 4 (18 weight / 9 architecture images: 5 steps, the
 # α split cycling), architecture from epoch 1, warm-up forced at this batch (w_warmup_batch=0).
 TINY = ["epochs=2", "C=4", "layers=3", "data.batch_size=4", "data.image_size=64", "data.subset=0.5",
         "data.arch_subset=0.25", "optim.arch_warmup=1", "method_options.w_warmup_batch=0", "backend=eager",
