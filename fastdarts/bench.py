@@ -309,10 +309,11 @@ def markdown_tables(result: dict) -> str:
     kern = [r for r in result["records"] if "gbps" in r]
     if kern:
         lines += [f"Copy bandwidth measured in the same run: {result['copy_bw_gbps']:.1f} GB/s", "",
-                  "| kernel | backend | dtype | K | elements | ms | GB/s | % of copy BW | speed-up vs eager |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['name']} | {r['backend']} | {r['dtype']} | {r['K']} | {r['numel']:,} | {r['ms']:.3f} | "
-                  f"{r['gbps']:.1f} | {r['pct_of_copy_bw']:.1f} | {r['speedup_vs_eager']:.2f}× |" for r in kern]
+                  "| kernel | mode | backend | dtype | K | elements | ms | GB/s | % of copy BW | speed-up vs eager |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['name']} | {r.get('mode', 'fwd+bwd')} | {r['backend']} | {r['dtype']} | {r['K']} | "
+                  f"{r['numel']:,} | {r['ms']:.3f} | {r['gbps']:.1f} | {r['pct_of_copy_bw']:.1f} | "
+                  f"{r['speedup_vs_eager']:.2f}× |" for r in kern]
         lines.append("")
     srch = [r for r in result["records"] if "step_ms" in r]
     if srch:
@@ -321,13 +322,14 @@ def markdown_tables(result: dict) -> str:
                   "largest batch in budget |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         ratio = lambda v: "–" if v is None else f"{v:.2f}×"  # noqa: E731
-        for r in srch:
-            mem = "–" if r["ratio_vs_eager"] is None else f"{100 * r['ratio_vs_eager']:.1f} %"
-            budget = f"{r['max_batch']:,} @ {r['max_batch_budget_bytes'] / 2**30:.0f} GiB"
+        for r in srch:  # fields a record lacks (e.g. gpu_check's search records) show as –
+            mem = "–" if r.get("ratio_vs_eager") is None else f"{100 * r['ratio_vs_eager']:.1f} %"
+            budget = ("–" if r.get("max_batch") is None else
+                      f"{r['max_batch']:,} @ {r['max_batch_budget_bytes'] / 2**30:.0f} GiB")
             lines.append(f"| {r['method']} | {r['space']} | {r['backend']} | {r['C']}/{r['layers']}/{r['batch']}/"
                          f"{r['image_size']} | {r['step_ms']:.0f} | {ratio(r.get('time_vs_eager'))} | "
-                         f"{ratio(r.get('time_vs_darts'))} | {_fmt_bytes(r['peak_bytes'])} | "
-                         f"{_fmt_bytes(r['saved_bytes'])} | {mem} | {ratio(r.get('memory_vs_darts'))} | {budget} |")
+                         f"{ratio(r.get('time_vs_darts'))} | {_fmt_bytes(r.get('peak_bytes'))} | "
+                         f"{_fmt_bytes(r.get('saved_bytes'))} | {mem} | {ratio(r.get('memory_vs_darts'))} | {budget} |")
         lines.append("")
     skipped = [r for r in result["records"] if "skipped" in r]
     if skipped:
