@@ -65,6 +65,8 @@ def resolve_backend(backend: str, device_type: str) -> str:
 
     ``"auto"`` prefers Triton, then CUDA, on CUDA tensors and C++ on CPU, falling back to
     eager (logged once at debug level). An explicit backend that cannot run raises ValueError.
+    The Triton-before-CUDA order is not measured yet: it should follow the fwd+bwd timing of
+    both at a DARTS edge's size (~1M elements, K=7), which ``benchmarks/gpu_check.sh`` reports.
     """
     check_backend_name(backend)
     if backend != "auto":
