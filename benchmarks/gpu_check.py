@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import math
 import os
@@ -45,6 +44,8 @@ TARGET_SPEEDUP = 3.0
 # `none`, which the fused path skips): where Triton and CUDA are compared for backend "auto".
 AUTO_CHOICE_NUMEL = 64 * 16 * 32 * 32
 AUTO_CHOICE_K = 7
+# Largest-batch stage: the predicted batch is verified by one step only if it should take at most this.
+VERIFY_BUDGET_S = 8.0
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -100,6 +101,16 @@ def count_host_syncs(fn, device: torch.device) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def _peak_bytes(fn, device: torch.device) -> int:
+    """Peak CUDA bytes ``fn()`` allocates above what was allocated before it."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
 def _print_table(header: list[str], rows: list[list]) -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -140,7 +151,7 @@ def stage_build_check(args) -> int:
 
     ok = _ext.cpp_available() and _ext.cuda_ext_available()
     detail = "fastdarts._C loaded with CUDA kernels" if ok else (
-        f"fastdarts._C loaded without CUDA kernels" if _ext.cpp_available() else f"load error: {_ext.load_error()}")
+        "fastdarts._C loaded without CUDA kernels" if _ext.cpp_available() else f"load error: {_ext.load_error()}")
     print(detail)
     _save(args.state, "build", dict(ok=ok, detail=detail))
     return 0 if ok else 1
@@ -338,6 +349,7 @@ def stage_kernels(args) -> int:
     else:  # dry run: the code path only (the Triton interpreter's cost grows with the element count)
         dtypes, sizes = [torch.float32], [1 << 10]
     records, copy_bw = bench_kernel_table(device, dtypes, sizes, K=8, reps=5 if device.type == "cuda" else 1)
+    _save(args.state, "kernels", dict(records=records, copy_bw_gbps=copy_bw, auto_choice={}))
     choice_sizes = [AUTO_CHOICE_NUMEL] if device.type == "cuda" else [1 << 10]
     choice_records, _ = bench_kernel_table(device, dtypes, choice_sizes, K=AUTO_CHOICE_K,
                                            reps=5 if device.type == "cuda" else 1)
@@ -366,8 +378,7 @@ def search_record(method: str, label: str, backend: str, device: torch.device, s
                   compile_options: dict | None = None, reps: int = 5) -> dict:
     """One search-step record: step time, host syncs per step, peak bytes (CUDA); the compile time
     (first step) when ``compile_options`` is given."""
-    from fastdarts.bench import peak_step_bytes, search_setup, time_ms
-
+    from fastdarts.bench import search_setup, time_ms
     from fastdarts.spaces import resolve_supernet
 
     layers = size["layers"]
@@ -395,7 +406,7 @@ def search_record(method: str, label: str, backend: str, device: torch.device, s
         record["compile_s"] = time.perf_counter() - t0
     record["step_ms"] = time_ms(step, device, warmup=1, reps=reps)
     record["host_syncs"] = count_host_syncs(step, device)
-    record["peak_bytes"] = peak_step_bytes(runner, xy, device) if device.type == "cuda" else None
+    record["peak_bytes"] = _peak_bytes(step, device) if device.type == "cuda" else None
     record["saved_bytes"] = None
     record["ratio_vs_eager"] = None
     return record
@@ -426,9 +437,9 @@ def stage_search(args) -> int:
                                 skipped=f"{type(err).__name__}: {err}"))
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    _fill_relative(records)
+        _fill_relative(records)
+        _save(args.state, "search", dict(records=records))  # after each record: a timeout keeps the others
     _print_search(records)
-    _save(args.state, "search", dict(records=records))
     return 0 if all("step_ms" in r for r in records) else 1
 
 
@@ -475,7 +486,8 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def largest_batch(method: str, variant: str, device: torch.device, budget: int, size: dict) -> dict:
+def largest_batch(method: str, variant: str, device: torch.device, budget: int, size: dict,
+                  verify_budget_s: float = VERIFY_BUDGET_S) -> dict:
     """Largest batch whose step fits ``budget`` bytes: the step's memory is affine in the batch, so it
     is measured at two batches, extrapolated, and the prediction is verified (stepping down 10 % after
     an out-of-memory, at most 3 times). CPU (dry run): the bytes the forward saves for backward instead
@@ -495,12 +507,18 @@ def largest_batch(method: str, variant: str, device: torch.device, budget: int, 
             return saved_bytes(model, xy[0])
 
     b1, b2 = (32, 64) if device.type == "cuda" else (2, 4)
-    m1, m2 = measure(b1), measure(b2)
+    m1 = measure(b1)  # also the warm-up (kernel compilation, cuDNN choices)
+    t0 = time.perf_counter()
+    m2 = measure(b2)
+    seconds_per_sample = (time.perf_counter() - t0) / b2  # an over-estimate: includes building the supernet
     per_sample = max((m2 - m1) / (b2 - b1), 1.0)
     fixed = m1 - per_sample * b1
     predicted = int((budget - fixed) / per_sample)
     batch, verified = predicted, None
-    for _ in range(3):
+    # A step at the predicted batch is run only when it takes seconds (recompute+bf16 on a large card
+    # reaches tens of thousands of samples); otherwise the prediction stands unverified.
+    attempts = 3 if seconds_per_sample * predicted <= verify_budget_s else 0
+    for _ in range(attempts):
         if batch < 1:
             break
         try:
@@ -516,7 +534,7 @@ def largest_batch(method: str, variant: str, device: torch.device, budget: int, 
     return dict(name=f"max_batch/{method}/darts", method=method, space="darts", backend=variant, C=size["C"],
                 layers=size["layers"], image_size=size["size"], bytes_per_sample=per_sample,
                 fixed_bytes=fixed, predicted_batch=predicted, max_batch=batch if verified is not None else None,
-                verified_bytes=verified, max_batch_budget_bytes=budget)
+                verified_bytes=verified, max_batch_budget_bytes=budget)  # max_batch None: not verified
 
 
 def stage_max_batch(args) -> int:
@@ -535,12 +553,12 @@ def stage_max_batch(args) -> int:
             except Exception as err:
                 records.append(dict(name=f"max_batch/{method}/darts", method=method, space="darts", backend=variant,
                                     skipped=f"{type(err).__name__}: {err}"))
+            _save(args.state, "max_batch", dict(records=records))
     _print_table(["method", "variant", "bytes/sample", "predicted", "verified batch", "budget"],
                  [[r["method"], r["backend"], f"{r['bytes_per_sample'] / 2**20:.2f} MiB" if "bytes_per_sample" in r
                    else r.get("skipped"), r.get("predicted_batch", "–"), r.get("max_batch", "–"),
                    f"{r.get('max_batch_budget_bytes', 0) / 2**30:.1f} GiB"] for r in records])
-    _save(args.state, "max_batch", dict(records=records))
-    return 0 if all(r.get("max_batch") for r in records) else 1
+    return 0 if all(r.get("predicted_batch") for r in records) else 1
 
 
 # ------------------------------------------------------------------------------------- 8 report
@@ -582,9 +600,10 @@ def kernel_targets(records: list[dict]) -> list[dict]:
     for r in records:
         if r.get("mode") == "fwd+bwd" and r.get("K") == 8 and r.get("numel", 0) >= 1 << 24 and r["backend"] != "eager":
             met = r["pct_of_copy_bw"] >= TARGET_PCT_OF_COPY and r["speedup_vs_eager"] >= TARGET_SPEEDUP
-            out.append(dict(what=f"{r['backend']} {r['dtype']} n={r['numel']:,}: {r['pct_of_copy_bw']:.0f} % of copy BW "
-                                 f"(target {TARGET_PCT_OF_COPY:.0f}), {r['speedup_vs_eager']:.2f}x eager "
-                                 f"(target {TARGET_SPEEDUP:.0f}x)", met=met))
+            what = (f"{r['backend']} {r['dtype']} n={r['numel']:,}: {r['pct_of_copy_bw']:.0f} % of copy BW "
+                    f"(target {TARGET_PCT_OF_COPY:.0f}), {r['speedup_vs_eager']:.2f}x eager "
+                    f"(target {TARGET_SPEEDUP:.0f}x)")
+            out.append(dict(what=what, met=met))
     return out
 
 
@@ -602,8 +621,10 @@ def gpu_check_markdown(result: dict) -> str:
                   for r in syncs]
     batches = [r for r in result["records"] if r.get("name", "").startswith("max_batch/") and "skipped" not in r]
     if batches:
-        lines += ["", "| largest batch | variant | MiB / sample | batch | budget |", "|---|---|---|---|---|"]
-        lines += [f"| {r['method']} | {r['backend']} | {r['bytes_per_sample'] / 2**20:.2f} | {r['max_batch']} | "
+        lines += ["", "| largest batch | variant | MiB / sample | predicted batch | verified batch | budget |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['backend']} | {r['bytes_per_sample'] / 2**20:.2f} | {r['predicted_batch']} | "
+                  f"{'not verified' if r['max_batch'] is None else r['max_batch']} | "
                   f"{r['max_batch_budget_bytes'] / 2**30:.1f} GiB |" for r in batches]
     for dtype, best in gpu.get("auto_choice", {}).items():
         lines.append(f"\nBackend 'auto' at {best['numel']:,} elements × K={AUTO_CHOICE_K} ({dtype}): "

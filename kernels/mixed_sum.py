@@ -95,8 +95,7 @@ def kernel_config(dtype: torch.dtype, k_chunk: int) -> tuple[int, int]:
     """``(BLOCK, num_warps)`` of the kernels for activations of ``dtype`` and ``k_chunk`` (1..8) candidates."""
     if _INTERPRET:
         return _INTERPRET_BLOCK, 4
-    elem = torch.empty((), dtype=dtype).element_size()
-    return 4096 // elem, (4 if k_chunk <= 4 else 8)
+    return 4096 // dtype.itemsize, (4 if k_chunk <= 4 else 8)
 
 
 def backward_programs(numel: int, block: int) -> int:
