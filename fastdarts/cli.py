@@ -84,6 +84,15 @@ def _cmd_search(args) -> int:
     return 0
 
 
+def _cmd_plan(args) -> int:
+    from fastdarts.plan import parse_memory, plan
+
+    cfg = _config(SearchConfig, args, default_search_config_path(), [])
+    memory = None if args.memory is None else parse_memory(args.memory)
+    print(plan(cfg, memory).table())
+    return 0
+
+
 def _train_recipe_items(items: list[str]) -> list[str]:
     """``items`` with a retraining recipe name replaced by its packaged YAML path."""
     return [i if "=" in i or i.endswith((".yaml", ".yml")) else recipe_path(i, "train") for i in items]
@@ -150,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the fully resolved config (method defaults applied) as YAML and exit")
     p.set_defaults(func=_cmd_search)
+    p = sub.add_parser("plan", help="measure the bytes a search step needs per sample; largest batch that fits")
+    p.add_argument("items", nargs="*", help="optional recipe name or config.yaml, then key=value overrides "
+                                            "(as for search)")
+    p.add_argument("--memory", metavar="SIZE", help="memory to plan for, e.g. 80GiB (default: the CUDA "
+                                                    "device's total memory; 80GiB on CPU)")
+    p.set_defaults(func=_cmd_plan, resume=None)
+
     p = sub.add_parser("train", help="train the network of a genotype JSON from scratch")
     p.add_argument("genotype", nargs="?", help="genotype JSON written by fastdarts search, or its run directory")
     p.add_argument("items", nargs="*", help="optional retraining recipe (see --list-configs; default: the one for "
