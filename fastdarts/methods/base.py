@@ -130,10 +130,11 @@ class SearchMethod:
         return torch.autocast(self.device_type, dtype=self.amp_dtype)
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Supernet logits of ``x`` under :meth:`autocast`, as fp32 (the loss is computed in fp32)."""
+        """Supernet logits of ``x`` under :meth:`autocast`; half-precision logits come back as fp32 (the loss
+        is computed in fp32), fp32 and float64 ones are kept (float64 tests stay float64)."""
         with self.autocast():
             out = self.model(x, **kwargs)
-        return out.float()
+        return out.float() if out.dtype in (torch.float16, torch.bfloat16) else out
 
     def scaled(self, loss: torch.Tensor) -> torch.Tensor:
         """``S·loss`` with ``amp=fp16`` (GradScaler), ``loss`` otherwise: the tensor to differentiate."""
