@@ -15,7 +15,6 @@ as skipped).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -495,15 +494,15 @@ def largest_batch(method: str, variant: str, device: torch.device, budget: int, 
     from fastdarts.bench import peak_step_bytes, search_setup
 
     recompute = variant != "eager"
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if variant == "recompute+bf16"
-                else contextlib.nullcontext())
 
     def measure(batch: int) -> int:
         model, runner, xy = search_setup(method, "darts", size["C"], size["layers"], batch, size["size"], device,
                                          "auto", recompute, **size["net"])
-        with autocast:
-            if device.type == "cuda":
-                return peak_step_bytes(runner, xy, device)
+        if variant == "recompute+bf16":
+            runner.set_amp("bf16")  # the search's amp=bf16: candidate ops under autocast
+        if device.type == "cuda":
+            return peak_step_bytes(runner, xy, device)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "recompute+bf16"):
             return saved_bytes(model, xy[0])
 
     b1, b2 = (32, 64) if device.type == "cuda" else (2, 4)
@@ -549,14 +548,17 @@ def stage_max_batch(args) -> int:
     for method in ("darts", "pcdarts"):
         for variant in ("eager", "recompute+bf16"):
             try:
-                records.append(largest_batch(method, variant, device, budget, size))
+                # the dry run always verifies, to run that code path too
+                records.append(largest_batch(method, variant, device, budget, size,
+                                             verify_budget_s=float("inf") if args.dry_run else VERIFY_BUDGET_S))
             except Exception as err:
                 records.append(dict(name=f"max_batch/{method}/darts", method=method, space="darts", backend=variant,
                                     skipped=f"{type(err).__name__}: {err}"))
             _save(args.state, "max_batch", dict(records=records))
     _print_table(["method", "variant", "bytes/sample", "predicted", "verified batch", "budget"],
                  [[r["method"], r["backend"], f"{r['bytes_per_sample'] / 2**20:.2f} MiB" if "bytes_per_sample" in r
-                   else r.get("skipped"), r.get("predicted_batch", "–"), r.get("max_batch", "–"),
+                   else r.get("skipped"), r.get("predicted_batch", "–"),
+                   "not verified" if r.get("max_batch") is None else r["max_batch"],
                    f"{r.get('max_batch_budget_bytes', 0) / 2**30:.1f} GiB"] for r in records])
     return 0 if all(r.get("predicted_batch") for r in records) else 1
 
