@@ -129,7 +129,8 @@ def arch_views(model) -> list[ArchView]:
             ops = F.softmax(a, dim=-1)
         views.append(ArchView(cell, cell, _op_quantity(mixing), "ops", ops, labels, prims[cell]))
         if isinstance(mixing, HardConcreteMixing):
-            views.append(ArchView(f"{cell}/gate", cell, f"P(gate≠0) at τ={mixing.tau:.3g}", "ops",
+            # The quantity is stored once per history: the temperature of each entry is that epoch's τ.
+            views.append(ArchView(f"{cell}/gate", cell, "P(gate≠0) at the epoch's temperature τ", "ops",
                                   hard_concrete_prob_nonzero(a, mixing.tau), labels, prims[cell]))
         if beta is not None:
             b = beta.detach().float().cpu()

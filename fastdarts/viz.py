@@ -96,8 +96,9 @@ def genotype_edges(genotype) -> dict[str, list[tuple[str, str]]]:
             for kind in ("normal", "reduce")}
 
 
-def heatmap_figure(view: ArchView, title: str, kept: Sequence[tuple[str, str]] = ()):
-    """Edges × ops heat map of an ``"ops"`` view, each cell annotated, ``kept`` (edge label, op) outlined."""
+def heatmap_figure(view: ArchView, title: str, kept: Sequence[tuple[str, str]] = (), kept_note: str = ""):
+    """Edges × ops heat map of an ``"ops"`` view, each cell annotated, ``kept`` (edge label, op) outlined
+    (``kept_note`` says how the genotype ranked them, when not by these values alone)."""
     from matplotlib.patches import Rectangle
 
     cols, grid = _grid(view)
@@ -130,7 +131,7 @@ def heatmap_figure(view: ArchView, title: str, kept: Sequence[tuple[str, str]] =
     ax.set_ylabel("edge (node ← input)")
     bar = fig.colorbar(img, ax=ax, fraction=0.05, pad=0.02)
     bar.set_label(view.quantity)
-    ax.set_title(title + ("\nred boxes: ops kept in the genotype" if kept else ""), fontsize=9)
+    ax.set_title(title + (f"\nred boxes: ops kept in the genotype{kept_note}" if kept else ""), fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -454,14 +455,21 @@ def curves_figure(rows: list[dict], title: str):
 
 
 def _titles(run_dir: str) -> tuple[str, str, int | None]:
-    """(run name, method, planned epochs) from the run's config.yaml."""
+    """(run name, method, planned epochs) from the run's config.yaml; a retraining run's "method" is
+    ``retraining <genotype file>``."""
     run = os.path.basename(os.path.normpath(run_dir))
     path = os.path.join(run_dir, "config.yaml")
     cfg = {}
     if os.path.isfile(path):
         with open(path) as f:
             cfg = yaml.safe_load(f) or {}
-    method = cfg.get("method", "retrain" if "genotype" in cfg else "?")
+    if "method" in cfg:
+        method = cfg["method"]
+    elif cfg.get("genotype"):
+        parts = os.path.normpath(str(cfg["genotype"])).split(os.sep)
+        method = "retraining " + "/".join(parts[-2:])  # e.g. "darts-...-seed2/genotype.json"
+    else:
+        method = "?"
     return run, method, cfg.get("epochs")
 
 
@@ -473,6 +481,7 @@ def arch_figures(views: list[ArchView], genotype, head: str, *, diagrams: bool =
     """The heat maps (with the genotype's ops outlined), gate and β maps, and (``diagrams``) the
     derived-cell drawings of one epoch: ``{file stem: Figure}``."""
     kept = genotype_edges(genotype) if genotype is not None else {}
+    with_beta = {v.cell for v in views if v.kind == "edges"}
     figs = {}
     for v in views:
         what = f"{v.quantity}, {v.cell} cell" if v.cell != "cell" else v.quantity
@@ -481,7 +490,8 @@ def arch_figures(views: list[ArchView], genotype, head: str, *, diagrams: bool =
         elif v.name.endswith("/gate"):
             figs[f"gates_{v.cell}"] = heatmap_figure(v, f"{head}\n{what}")
         else:
-            figs[f"alpha_{v.cell}"] = heatmap_figure(v, f"{head}\n{what}", kept.get(v.cell, ()))
+            note = " (ranked by these values × β)" if v.cell in with_beta else ""
+            figs[f"alpha_{v.cell}"] = heatmap_figure(v, f"{head}\n{what}", kept.get(v.cell, ()), note)
     if diagrams and isinstance(genotype, NB201Genotype):
         figs["cell_nb201"] = cell_figure(genotype, "cell", f"{head}\nderived NAS-Bench-201 cell")
     elif diagrams and genotype is not None:
@@ -550,6 +560,10 @@ def plot_run(run_dir: str, out_dir: str | None = None, *, engine: str = "auto") 
     if os.path.isfile(paths["metrics.csv"]):
         rows = read_metrics(paths["metrics.csv"])
         if rows:
-            kind = "search" if is_search else "retraining"
-            save(curves_figure(rows, f"{run} · {method} · {kind}, {len(rows)} epochs"), "curves")
+            n = len(rows)
+            what = f"search, {n} epoch{'s' if n != 1 else ''}" if is_search else f"{n} epoch{'s' if n != 1 else ''}"
+            final = rows[-1].get("test_acc")
+            if isinstance(final, float) and math.isfinite(final):
+                what += f", final held-out accuracy {final:.2f}%"
+            save(curves_figure(rows, f"{run} · {method} · {what}"), "curves")
     return written
