@@ -36,6 +36,8 @@ import csv
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -312,15 +314,44 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
         raise ValueError("resume=True needs run_dir= pointing at the run to continue")
     cfg.run_dir = cfg.run_dir or _default_run_dir(cfg)
     check_run_dir(cfg.run_dir, resume=resume, checkpoint=CHECKPOINT)
-    with deterministic_mode(cfg.deterministic, device):
+    with deterministic_mode(cfg.deterministic, device), CtrlC() as ctrl_c:
         try:
-            return _search(cfg, resume)
+            return _search(cfg, resume, ctrl_c)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(interrupted_message(cfg.run_dir, cfg.epochs)) from None
 
 
+class CtrlC:
+    """SIGINT during the steps of an epoch: the first one is remembered and the loop, at the end of
+    the step in progress, writes a mid-epoch checkpoint and stops (a resume continues exactly
+    there); a second one, or one outside the steps (data loading, evaluation), stops at once.
+
+    Installed only from the main thread (Python delivers signals there); a no-op elsewhere.
+    """
+
+    def __init__(self):
+        self.armed = False  # True while the epoch loop runs its steps
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum, frame) -> None:
+        if not self.armed or self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
 def interrupted_message(run_dir: str, epochs: int, command: str = "search") -> str:
-    """What a Ctrl-C leaves: the checkpoint of the last finished epoch (mid-epoch steps are redone)."""
+    """What a Ctrl-C leaves: a mid-epoch checkpoint at the step it stopped after, or the checkpoint of
+    the last finished epoch (when it came outside the steps, or twice: those steps are redone)."""
     ckpt = os.path.join(run_dir, CHECKPOINT)
     if not os.path.isfile(ckpt):
         return (f"interrupted before the first epoch ended: no checkpoint was written, start the {command} again "
@@ -331,8 +362,10 @@ def interrupted_message(run_dir: str, epochs: int, command: str = "search") -> s
     if pos is not None:  # a mid-epoch checkpoint (checkpoint_every): the resume starts at its step
         return (f"interrupted: {ckpt} holds the state after step {pos['step']} of epoch {pos['epoch'] + 1}/{epochs}; "
                 f"continue with `fastdarts {command} --resume {run_dir}` (it continues at that step)")
+    redone = (f"the steps of epoch {done + 1} are redone" if done < epochs else
+              "every epoch is done: it only evaluates and writes the summary")
     return (f"interrupted: {ckpt} holds the state after epoch {done}/{epochs}; continue with "
-            f"`fastdarts {command} --resume {run_dir}` (the steps of epoch {done + 1} are redone)")
+            f"`fastdarts {command} --resume {run_dir}` ({redone})")
 
 
 def _resume_state(ckpt_path: str, cfg: SearchConfig, model: torch.nn.Module, method) -> dict:
@@ -374,7 +407,7 @@ def _checkpoint_state(cfg: SearchConfig, model: torch.nn.Module, method, device:
     return state
 
 
-def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
+def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC) -> SearchResult:
     """The search itself, on a validated and resolved config (see :func:`search`)."""
     cfg = resolve_search_config(cfg)  # idempotent: a resolved config resolves to itself
     check_search_config(cfg)
@@ -461,6 +494,22 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
     arch = model.arch_parameters()
     arch_names = model.arch_names() if hasattr(model, "arch_names") else [str(i) for i in range(len(arch))]
     undo = _StepUndo(model, method) if cfg.on_nonfinite == "skip" else None
+
+    def save_mid_epoch(epoch: int, next_step: int, valid_pos: int, acc: _EpochMetrics, t0: float) -> None:
+        """Steps 0 .. next_step-1 are done: a mid-epoch checkpoint, checked for non-finite values first."""
+        acc.read_checked(epoch, next_step - 1, ckpt_path, cfg.log_every)
+        save_checkpoint(ckpt_path, _checkpoint_state(
+            cfg, model, method, device, epoch - 1, history, skipped,
+            {"epoch": epoch, "step": next_step, "valid_pos": valid_pos, "metrics": acc.state_dict(),
+             "seconds": time.time() - t0}))
+
+    def stop_if_asked(epoch: int, step: int, valid_pos: int, acc: _EpochMetrics, t0: float) -> None:
+        """After a step: on a pending Ctrl-C, checkpoint here and stop (at the last step the epoch ends first)."""
+        if ctrl_c.requested and step + 1 < len(data.train):
+            save_mid_epoch(epoch, step + 1, valid_pos, acc, t0)
+            raise KeyboardInterrupt
+
+    ctrl_c.armed = True
     for epoch in range(start_epoch, epochs):
         t0 = time.time()
         method.begin_epoch(epoch)
@@ -486,12 +535,7 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
         step = first - 1
         for step, (xt, yt) in enumerate(bar, start=first):
             if cfg.checkpoint_every and step > first and step % cfg.checkpoint_every == 0:
-                # Steps 0 .. step-1 are done: a mid-epoch checkpoint, checked for non-finite values first.
-                acc.read_checked(epoch, step - 1, ckpt_path, cfg.log_every)
-                save_checkpoint(ckpt_path, _checkpoint_state(
-                    cfg, model, method, device, epoch - 1, history, skipped,
-                    {"epoch": epoch, "step": step, "valid_pos": valid_pos, "metrics": acc.state_dict(),
-                     "seconds": time.time() - t0}))
+                save_mid_epoch(epoch, step, valid_pos, acc, t0)
             try:
                 xv, yv = next(valid_iter)
                 valid_pos += 1
@@ -520,6 +564,7 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
                                                f"{cfg.max_skipped})")
                     logger.warning("non-finite %s at epoch %d step %d: step skipped (%d of at most %d)",
                                    what, epoch, step, skipped, cfg.max_skipped)
+                    stop_if_asked(epoch, step, valid_pos, acc, t0)
                     continue
             else:
                 if acc.names is not None and names != acc.names:  # new set of metrics: close the interval
@@ -531,6 +576,7 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
                 bar.set_postfix(loss=f"{sums[0] / max(acc.steps, 1):.3f}")
                 logger.info("epoch %d/%d step %d loss %.4f acc %.2f%%", epoch + 1, epochs, step + 1,
                             sums[0] / max(acc.steps, 1), 100.0 * sums[1] / max(sums[2], 1))
+            stop_if_asked(epoch, step, valid_pos, acc, t0)
         sums = acc.read_checked(epoch, step, ckpt_path, cfg.log_every)  # epoch end: checked before the checkpoint
         bar.close()
         genotype = model.genotype()
@@ -557,6 +603,9 @@ def _search(cfg: SearchConfig, resume: bool) -> SearchResult:
                     row["train_loss"], row["train_acc"], row["arch_loss"], row["seconds"])
         logger.info("genotype %s", genotype.to_dict())
         save_checkpoint(ckpt_path, _checkpoint_state(cfg, model, method, device, epoch, history, skipped))
+        if ctrl_c.requested:  # it came during the epoch's last step: stop at its checkpoint
+            raise KeyboardInterrupt
+    ctrl_c.armed = False  # from here (evaluation, plots) Ctrl-C stops at once
     writer.close()
 
     test_acc = evaluate(model, data.test, device)

@@ -115,32 +115,61 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(baseline, tmp_path, caps
     assert fastdarts.load_genotype(os.path.join(run_dir, "genotype.json")) == result_a.genotype
 
 
-def test_ctrl_c_mid_epoch_says_how_to_resume_and_resumes_exactly(baseline, tmp_path, capsys):
+def test_ctrl_c_mid_epoch_checkpoints_the_step_and_resumes_exactly(baseline, tmp_path, capsys):
+    """Ctrl-C lets the step in progress finish, writes a mid-epoch checkpoint there and says how to
+    resume; the resume continues at that step, bit-identical to the unbroken run."""
     _, dir_a, _ = baseline
     run_dir = str(tmp_path / "run")
     rc = _start_and_signal(run_dir, signal.SIGINT, tmp_path / "stderr.txt")
     lines = [line for line in (tmp_path / "stderr.txt").read_text().splitlines() if line.startswith("fastdarts:")]
-    assert rc == 130
-    assert lines == [f"fastdarts: interrupted: {run_dir}/checkpoint.pt holds the state after epoch 1/2; continue "
-                     f"with `fastdarts search --resume {run_dir}` (the steps of epoch 2 are redone)"]
+    assert rc == 130 and len(lines) == 1, lines
+    state = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+    assert state["epoch"] == 0 and state["position"]["epoch"] == 1
+    done = state["position"]["step"]  # signalled after the first step of epoch 2 had been logged
+    assert 1 <= done < 5
+    assert lines[0] == (f"fastdarts: interrupted: {run_dir}/checkpoint.pt holds the state after step {done} of "
+                        f"epoch 2/2; continue with `fastdarts search --resume {run_dir}` (it continues at that step)")
     assert "Traceback" not in (tmp_path / "stderr.txt").read_text()
     assert not [f for f in os.listdir(run_dir) if f.endswith(".tmp")]
     assert main(["search", "--resume", run_dir]) == 0
     _assert_same_run(dir_a, run_dir)
 
 
-def test_ctrl_c_before_the_first_checkpoint(tmp_path, monkeypatch):
+def _signalled_step(monkeypatch, at_step, times):
+    """Make the darts step send itself SIGINT ``times`` times during step ``at_step`` of epoch 1."""
     method_cls = fastdarts.methods.get_method("darts")
+    real_step = method_cls.step
 
-    def interrupted(self, *args):
-        raise KeyboardInterrupt
+    def step(self, train_batch, valid_batch, i):
+        out = real_step(self, train_batch, valid_batch, i)
+        if i == at_step:
+            for _ in range(times):
+                signal.raise_signal(signal.SIGINT)
+        return out
 
-    monkeypatch.setattr(method_cls, "step", interrupted)
+    monkeypatch.setattr(method_cls, "step", step)
+
+
+ONE_EPOCH = ["epochs=1", "data.subset=0.012", "data.arch_subset=0.012", "log_every=50"]  # 2 steps (16 + 4)
+
+
+def test_second_ctrl_c_stops_at_once(tmp_path, monkeypatch):
+    _signalled_step(monkeypatch, at_step=0, times=2)
     run_dir = str(tmp_path / "run")
     with pytest.raises(KeyboardInterrupt, match="before the first epoch ended: no checkpoint was written"):
-        _run(run_dir)
+        fastdarts.search(load_config(SearchConfig, None, [*ARGS, *ONE_EPOCH, f"run_dir={run_dir}"]))
     assert not os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
     assert torch.are_deterministic_algorithms_enabled() is False  # restored on the way out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and Python's handler is back
+
+
+def test_ctrl_c_in_the_last_step_stops_at_the_epoch_checkpoint(tmp_path, monkeypatch):
+    _signalled_step(monkeypatch, at_step=1, times=1)
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt, match="holds the state after epoch 1/1; .* it only evaluates"):
+        fastdarts.search(load_config(SearchConfig, None, [*ARGS, *ONE_EPOCH, f"run_dir={run_dir}"]))
+    state = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+    assert state["epoch"] == 0 and "position" not in state
 
 
 # ------------------------------------------------------------------------------------------ checkpoint writes

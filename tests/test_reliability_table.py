@@ -6,9 +6,9 @@ the table with::
 
     python tests/test_reliability_table.py --update
 
-Fault rows inject the fault in-process (a KeyboardInterrupt from the step, OSError from the
-checkpoint write); tests/test_faults.py sends the real signals to a real process and checks the
-same lines there.
+Fault rows inject the fault in-process (SIGINT sent to the process itself from inside a step,
+OSError from the checkpoint write); tests/test_faults.py sends the real signals to a real
+subprocess and checks the same lines there.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -147,23 +148,30 @@ def _set(d, key, value):
     d[key] = value
 
 
-@functools.lru_cache(maxsize=None)
-def _interrupted_run() -> tuple[Path, str, str]:
-    """A real 2-epoch search stopped by Ctrl-C in epoch 2: its folder (run/ holds config.yaml and the
-    checkpoint of epoch 1) and what the user saw."""
-    ws = Path(tempfile.mkdtemp(prefix="fastdarts-table-"))
-    atexit.register(shutil.rmtree, ws, True)
+def _ctrl_c(ws: Path, times: int) -> tuple[str, str]:
+    """A real 2-epoch search that gets SIGINT ``times`` times during the first step of epoch 2."""
     method_cls = fastdarts.methods.get_method("darts")
     real_step = method_cls.step
 
     def step(self, *args):
+        out = real_step(self, *args)
         if self.epoch == 1:
-            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
-        return real_step(self, *args)
+            for _ in range(times):
+                signal.raise_signal(signal.SIGINT)  # what the terminal sends on Ctrl-C
+        return out
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(method_cls, "step", step)
-        line, rc = _cli(ws, "search", *TINY, "run_dir=run")
+        return _cli(ws, "search", *TINY, "run_dir=run")
+
+
+@functools.lru_cache(maxsize=None)
+def _interrupted_run() -> tuple[Path, str, str]:
+    """A real 2-epoch search stopped at once by a second Ctrl-C in epoch 2: its folder (run/ holds
+    config.yaml and the checkpoint of epoch 1, as after a kill) and what the user saw."""
+    ws = Path(tempfile.mkdtemp(prefix="fastdarts-table-"))
+    atexit.register(shutil.rmtree, ws, True)
+    line, rc = _ctrl_c(ws, times=2)
     return ws, line, rc
 
 
@@ -335,7 +343,8 @@ CASES = [
     Case("`MixedOp(4, 1)(x, w)` with weights on another device", _tensor(lambda: _op()(X, W.to("meta")))),
     Case("`MixedOp(4, 1)(x, w)` with a float64 x", _tensor(lambda: _op()(X.double(), W))),
     # faults during a run
-    Case("Ctrl-C (SIGINT) in the middle of epoch 2", lambda ws: _interrupted_run()[1:]),
+    Case("Ctrl-C (SIGINT) in the middle of epoch 2", lambda ws: _ctrl_c(ws, times=1)),
+    Case("Ctrl-C twice in the middle of epoch 2", lambda ws: _interrupted_run()[1:]),
     Case("`kill -9` in the middle of epoch 2 (or a crash while checkpoint.pt is written), then "
          "`fastdarts search --resume run`",
          with_run(lambda ws: _cli(ws, "search", "--resume", "run", line_with="resumed from"))),
