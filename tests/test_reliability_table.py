@@ -287,6 +287,8 @@ CASES = [
     Case("`fastdarts search device=cuda` on a machine without CUDA", search("device=cuda"), cpu_only=True),
     Case("`fastdarts search backend=triton` without a GPU or `TRITON_INTERPRET=1`", _no_triton_interpreter,
          cpu_only=True),
+    Case("`fastdarts search amp=fp16` on a machine without CUDA", search("amp=fp16"), cpu_only=True),
+    Case("`fastdarts search checkpoint_every=0`", search("checkpoint_every=0")),
     # data
     Case("`fastdarts search data=./nowhere`", search("data=./nowhere")),
     Case("`fastdarts search data=./empty` (an empty folder)", with_file("empty", None, search("data=./empty"))),
