@@ -53,6 +53,9 @@ class _Recompute(torch.autograd.Function):
         ctx.devices = _rng_devices(args)
         ctx.cpu_rng = torch.get_rng_state()
         ctx.cuda_rng = [torch.cuda.get_rng_state(d) for d in ctx.devices]
+        # amp: the recomputation in backward runs under the forward's autocast state (as torch.utils.checkpoint).
+        dt = args[0].device.type
+        ctx.amp = (dt, torch.is_autocast_enabled(dt), torch.get_autocast_dtype(dt))
         ctx.save_for_backward(*args)  # the block's inputs: all that is kept
         return fn(*_rebuild(spec, args))
 
@@ -60,7 +63,8 @@ class _Recompute(torch.autograd.Function):
     def backward(ctx, grad_out):
         args = [a.detach().requires_grad_(need) for a, need in zip(ctx.saved_tensors, ctx.needs_input_grad[4:])]
         params = list(ctx.module.parameters())
-        with torch.random.fork_rng(devices=ctx.devices), bn_stats_restored(ctx.module), torch.enable_grad():
+        with torch.random.fork_rng(devices=ctx.devices), bn_stats_restored(ctx.module), torch.enable_grad(), \
+                torch.autocast(ctx.amp[0], dtype=ctx.amp[2], enabled=ctx.amp[1]):
             torch.set_rng_state(ctx.cpu_rng)
             for d, state in zip(ctx.devices, ctx.cuda_rng):
                 torch.cuda.set_rng_state(state, d)
