@@ -3,8 +3,8 @@ subprocess), a crash or a full disk while the checkpoint is written, and ``deter
 
 The resumed runs are compared with an uninterrupted one bit for bit (torch.equal): on CPU every
 batch depends only on (seed, epoch, index) and the checkpoint holds every RNG and optimiser state,
-so nothing is approximate here. Both processes use one thread (conftest pins the test process,
-OMP_NUM_THREADS=1 the children), so their reductions run in the same order.
+so nothing is approximate here. The children get the test process's intra-op thread count
+(whatever FASTDARTS_TEST_THREADS made it), so both sides split their reductions the same way.
 """
 
 import errno
@@ -30,7 +30,8 @@ from fastdarts.config import SearchConfig, load_config
 ARGS = ["C=4", "layers=2", "epochs=2", "data.batch_size=16", "data.image_size=8", "data.subset=0.05",
         "data.arch_subset=0.05", "log_every=1", "deterministic=true"]
 MID_EPOCH_2 = "epoch 2/2 step 1 "
-CHILD_ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+# conftest has set the thread count before this module is imported.
+CHILD_ENV = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), MKL_NUM_THREADS=str(torch.get_num_threads()))
 
 
 def _run(run_dir):
