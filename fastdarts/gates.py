@@ -434,9 +434,14 @@ class HardConcreteMixing(TemperedMixing):
 DROPNAS_PARAMETRIC = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
 
 
-def dropnas_groups(primitives) -> torch.Tensor:
+def dropnas_group_ids(primitives) -> tuple[int, ...]:
     """Group id per op, by name: 0 = parameterised (sep/dil convs), 1 = parameter-free (none, pools, skip)."""
-    return torch.tensor([0 if p in DROPNAS_PARAMETRIC else 1 for p in primitives], dtype=torch.long)
+    return tuple(0 if p in DROPNAS_PARAMETRIC else 1 for p in primitives)
+
+
+def dropnas_groups(primitives) -> torch.Tensor:
+    """:func:`dropnas_group_ids` as a CPU ``long`` tensor."""
+    return torch.tensor(dropnas_group_ids(primitives), dtype=torch.long)
 
 
 class DropNASMixing(SampledMixing):
@@ -460,8 +465,7 @@ class DropNASMixing(SampledMixing):
         from fastdarts.ops import DARTS_PRIMITIVES
 
         self.primitives = tuple(DARTS_PRIMITIVES if primitives is None else primitives)
-        self.groups = dropnas_groups(self.primitives)
-        self._group_ids = tuple(0 if p in DROPNAS_PARAMETRIC else 1 for p in self.primitives)
+        self._group_ids = dropnas_group_ids(self.primitives)
         self._present = {0 if p in DROPNAS_PARAMETRIC else 1 for p in self.primitives}
         self.set_drop_rate(drop_rate)
 

@@ -20,7 +20,7 @@ from fastdarts.genotype import Genotype, derive_darts_cell, derive_topk_pairs_ce
 from fastdarts.mixed import MixedOp, PartialMixedOp
 from fastdarts.ops import DARTS_PRIMITIVES, OPS, FactorizedReduce, Identity, ReLUConvBN
 from fastdarts.recompute import recompute_forward
-from fastdarts.spaces.common import ArchMixin
+from fastdarts.spaces.common import CellTypeSupernet
 
 NUM_EDGES = 14  # 2 + 3 + 4 + 5 incoming edges of the 4 intermediate nodes
 
@@ -80,7 +80,7 @@ class SearchCell(nn.Module):
         return torch.cat(states[-self._multiplier:], dim=1)
 
 
-class DartsSupernet(ArchMixin):
+class DartsSupernet(CellTypeSupernet):
     """DARTS / PC-DARTS search network (stem, ``layers`` cells with reductions at 1/3 and 2/3, GAP, linear).
 
     Args:
@@ -122,12 +122,7 @@ class DartsSupernet(ArchMixin):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
 
-        K = {len(p) for kind in ("normal", "reduce") for p in self.edge_primitives[kind]}
-        if len(K) != 1:
-            raise ValueError(f"every edge must have the same number of candidates, got {sorted(K)}")
-        num_ops = K.pop()
-        self.register_arch("alphas_normal", self.mixing.init_alpha(E, num_ops))
-        self.register_arch("alphas_reduce", self.mixing.init_alpha(E, num_ops))
+        self._register_alphas(E)
         if self.mixing.uses_betas:
             self.register_arch("betas_normal", self.mixing.init_beta(E, steps))
             self.register_arch("betas_reduce", self.mixing.init_beta(E, steps))
@@ -143,26 +138,13 @@ class DartsSupernet(ArchMixin):
         s = self.stem(x)
         return s, s
 
-    def _arch(self, kind: str):
-        beta = getattr(self, f"betas_{kind}") if self.mixing.uses_betas else None
-        return getattr(self, f"alphas_{kind}"), beta
-
-    def cell_weights(self):
-        """This forward's weights of both cell types (samplers draw here, once per forward)."""
-        return self.mixing.all_cell_weights({kind: self._arch(kind) for kind in ("normal", "reduce")}, self._steps)
-
     def forward(self, x: torch.Tensor, cell_weights=None) -> torch.Tensor:
         """Logits of ``x``. ``cell_weights``: optional precomputed weights, either a dict by cell type
         (as :meth:`cell_weights` returns) or a list with one :class:`CellWeights` per cell (Λ-DARTS
         gives every cell its own copy)."""
-        if x.dim() != 4:
-            raise ValueError(f"expected images [N, C, H, W], got shape {tuple(x.shape)}")
-        weights = self.cell_weights() if cell_weights is None else cell_weights
-        if isinstance(weights, (list, tuple)) and len(weights) != len(self.cells):
-            raise ValueError(f"got {len(weights)} per-cell weights for {len(self.cells)} cells")
+        weights = self._weights_per_cell(x, cell_weights)
         s0, s1 = self._stem_forward(x)
-        for i, cell in enumerate(self.cells):
-            cw = weights[i] if isinstance(weights, (list, tuple)) else weights["reduce" if cell.reduction else "normal"]
+        for cell, cw in zip(self.cells, weights):
             args = (s0, s1, cw.weights, cw.edge_weights, cw.active)
             out = recompute_forward(cell, cell, *args) if self.recompute else cell(*args)
             s0, s1 = s1, out
@@ -173,13 +155,7 @@ class DartsSupernet(ArchMixin):
         """Derive the genotype from the mixing's scores (softmax(α), α·β, ...) with the mixing's
         ``genotype_rule``: "darts" (default) or "topk_pairs" (GDAS / PR-DARTS)."""
         rule = getattr(self.mixing, "genotype_rule", "darts")
-        derive = {"darts": derive_darts_cell, "topk_pairs": derive_topk_pairs_cell}[rule]
-        with torch.no_grad():
-            genes = {kind: derive(self.mixing.genotype_weights(*self._arch(kind), self._steps),
-                                             self.edge_primitives[kind], self._steps)
-                     for kind in ("normal", "reduce")}
-        concat = list(range(2 + self._steps - self._multiplier, self._steps + 2))
-        return Genotype(normal=genes["normal"], normal_concat=concat, reduce=genes["reduce"], reduce_concat=concat)
+        return self._derive_genotype({"darts": derive_darts_cell, "topk_pairs": derive_topk_pairs_cell}[rule])
 
 
 def _per_edge_primitives(primitives, E: int) -> dict[str, list[tuple[str, ...]]]:

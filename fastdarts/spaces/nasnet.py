@@ -36,7 +36,7 @@ from fastdarts.genotype import Genotype, derive_topk_pairs_cell
 from fastdarts.mixed import MixedOp
 from fastdarts.ops import Identity, ReLUConvBN, Zero, check_primitives, make_search_op
 from fastdarts.recompute import recompute_forward
-from fastdarts.spaces.common import ArchMixin
+from fastdarts.spaces.common import CellTypeSupernet
 from fastdarts.spaces.darts import _per_edge_primitives, num_edges
 from fastdarts.spaces.nb201 import _disable_running_stats
 
@@ -226,7 +226,7 @@ def nasnet_layout(layers: int) -> list[tuple[int, bool]]:
     return list(zip(channels, reductions))
 
 
-class NasnetSupernet(ArchMixin):
+class NasnetSupernet(CellTypeSupernet):
     """D-X-Y's NASNet-super search network (``NASNetworkGDAS`` / ``NASNetworkPRDARTS``); ``forward(x) -> logits``.
 
     Args:
@@ -272,31 +272,14 @@ class NasnetSupernet(ArchMixin):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
 
-        K = {len(p) for kind in ("normal", "reduce") for p in self.edge_primitives[kind]}
-        if len(K) != 1:
-            raise ValueError(f"every edge must have the same number of candidates, got {sorted(K)}")
-        num_ops = K.pop()
-        self.register_arch("alphas_normal", self.mixing.init_alpha(E, num_ops))
-        self.register_arch("alphas_reduce", self.mixing.init_alpha(E, num_ops))
-
-    def _arch(self, kind: str):
-        return getattr(self, f"alphas_{kind}"), None
-
-    def cell_weights(self):
-        """This forward's weights of both cell types (samplers draw here, once per forward)."""
-        return self.mixing.all_cell_weights({kind: self._arch(kind) for kind in ("normal", "reduce")}, self._steps)
+        self._register_alphas(E)
 
     def forward(self, x: torch.Tensor, cell_weights=None) -> torch.Tensor:
         """Logits of ``x``. ``cell_weights``: optional precomputed weights, a dict by cell type (as
         :meth:`cell_weights` returns) or a list with one :class:`~fastdarts.gates.CellWeights` per cell."""
-        if x.dim() != 4:
-            raise ValueError(f"expected images [N, C, H, W], got shape {tuple(x.shape)}")
-        weights = self.cell_weights() if cell_weights is None else cell_weights
-        if isinstance(weights, (list, tuple)) and len(weights) != len(self.cells):
-            raise ValueError(f"got {len(weights)} per-cell weights for {len(self.cells)} cells")
+        weights = self._weights_per_cell(x, cell_weights)
         s0 = s1 = self.stem(x)
-        for i, cell in enumerate(self.cells):
-            cw = weights[i] if isinstance(weights, (list, tuple)) else weights["reduce" if cell.reduction else "normal"]
+        for cell, cw in zip(self.cells, weights):
             if cw.edge_weights is not None:
                 raise ValueError("the NASNet-super supernet has no edge weights β")
             args = (s0, s1, cw.weights, cw.active)
@@ -308,12 +291,7 @@ class NasnetSupernet(ArchMixin):
     def genotype(self) -> Genotype:
         """Per node the 2 best (op, input) pairs of the mixing's scores (softmax(α) for GDAS and PR-DARTS),
         ``none`` excluded; both may come from the same input (D-X-Y's and PR-DARTS' ``genotype``)."""
-        with torch.no_grad():
-            genes = {kind: derive_topk_pairs_cell(self.mixing.genotype_weights(*self._arch(kind), self._steps),
-                                                  self.edge_primitives[kind], self._steps)
-                     for kind in ("normal", "reduce")}
-        concat = list(range(2 + self._steps - self._multiplier, self._steps + 2))
-        return Genotype(normal=genes["normal"], normal_concat=concat, reduce=genes["reduce"], reduce_concat=concat)
+        return self._derive_genotype(derive_topk_pairs_cell)
 
 
 def _dxy_names_to_darts(primitives):
