@@ -23,7 +23,7 @@ import torch
 import fastdarts
 from fastdarts.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 from fastdarts.cli import main
-from fastdarts.config import SearchConfig, load_config
+from fastdarts.config import SearchConfig, default_search_config_path, load_config
 
 # 2 epochs of 4 weight steps (70 images, batch 16); log_every=1 logs every step, so a test can
 # wait for "epoch 2/2 step 1" and then signal the run in the middle of its second epoch.
@@ -35,7 +35,8 @@ CHILD_ENV = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), MKL_N
 
 
 def _run(run_dir):
-    return fastdarts.search(load_config(SearchConfig, None, [*ARGS, f"run_dir={run_dir}"]))
+    # The config `fastdarts search ARGS` builds in the children: the packaged default + ARGS.
+    return fastdarts.search(load_config(SearchConfig, default_search_config_path(), [*ARGS, f"run_dir={run_dir}"]))
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,8 @@ def baseline(tmp_path_factory):
 def _assert_same_run(dir_a, dir_b):
     """Checkpoints equal bit for bit: weights, buffers, architecture tensors, optimiser states, history."""
     a, b = load_checkpoint(os.path.join(dir_a, "checkpoint.pt")), load_checkpoint(os.path.join(dir_b, "checkpoint.pt"))
+    config_a, config_b = ({k: v for k, v in c["config"].items() if k != "run_dir"} for c in (a, b))
+    assert config_a == config_b  # else the two runs were never meant to agree
     assert a["epoch"] == b["epoch"] == 1
     for part in ("model", "arch"):
         assert a[part].keys() == b[part].keys()
