@@ -43,7 +43,7 @@ class OptimConfig:
     alpha_betas: list | None = None
     alpha_weight_decay: float | None = None
     arch_warmup: int | None = None  # epochs with the architecture frozen
-    lr_schedule_offset: int | None = None  # 1: quark0's epoch-start scheduler.step(); 0: cos(π·e/T)
+    lr_schedule_offset: int | None = None  # epoch e runs at cos(π·(e + offset)/T); 1: PyTorch >= 1.1 epoch-start step
 
 
 @dataclass
@@ -108,12 +108,12 @@ class TrainConfig:
     device: str = "auto"
     deterministic: bool = False  # as SearchConfig.deterministic
     # LR per epoch e: "cosine" lr_min + (lr − lr_min)(1 + cos(π(e + offset)/epochs))/2 (cnn/train.py), or
-    # "step" lr·lr_gamma^⌊(e + offset)/lr_decay_period⌋ (cnn/train_imagenet.py StepLR). offset 1 is quark0's
-    # scheduler.step() at the start of each epoch (old PyTorch): epoch 0 already uses the value at 1.
+    # "step" lr·lr_gamma^⌊(e + offset)/lr_decay_period⌋ (cnn/train_imagenet.py StepLR). quark0 steps the
+    # scheduler at each epoch start, which on its PyTorch 0.3.1 gives offset 0 (offset 1 on PyTorch >= 1.1).
     lr_schedule: str = "cosine"
     lr_gamma: float = 0.97
     lr_decay_period: int = 1
-    lr_schedule_offset: int = 1
+    lr_schedule_offset: int = 0
     label_smoothing: float = 0.0  # ε of (1 − ε)·one_hot + ε/classes (train_imagenet.py CrossEntropyLabelSmooth)
     stem: str = "cifar"  # "cifar": NetworkCIFAR; "imagenet": quark0's NetworkImageNet (not available yet)
 

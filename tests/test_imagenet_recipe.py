@@ -3,7 +3,8 @@ end-to-end search on a generated ImageFolder of JPEGs with a resume.
 
 Expected schedule values are written out from ``train_search_imagenet.py`` (yuhuixu1993/PC-DARTS@b74702f):
 the warm-up LR of epochs 0-4 is the *base* LR times (e + 1)/5 (``lr = args.learning_rate``, :150, :157),
-then the closed-form cosine of old PyTorch at e + 1 (``scheduler.step()`` at the epoch start, :152).
+then the closed-form cosine at e (``scheduler.step()`` at the epoch start, :152, on the PyTorch 1.0 its
+README names for V100s, whose scheduler constructor resets ``last_epoch``: see tests/reference_lr.py).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _method(net=None, **over):
 
 
 def _cosine(e, T=50, lr=0.5):
-    return lr * (1 + math.cos(math.pi * (e + 1) / T)) / 2  # eta_min 0, old-PyTorch epoch-start step
+    return lr * (1 + math.cos(math.pi * e / T)) / 2  # eta_min 0, epoch-start step on PyTorch 1.0
 
 
 def test_warmup_scales_the_base_lr_for_five_epochs_above_batch_256():

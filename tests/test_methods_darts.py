@@ -5,12 +5,12 @@ hand-written optimiser formulas, never by calling the method under test.
 """
 
 import copy
-import math
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from reference_lr import cosine_annealing
 
 import fastdarts
 from fastdarts.methods import get_method
@@ -66,23 +66,24 @@ def test_darts_defaults_are_quark0():
         get_method("nope")
 
 
-def test_lr_schedule_old_scheduler_semantics():
+def test_lr_schedule_as_run_on_pytorch_031():
+    # quark0's scheduler.step() at each epoch start on PyTorch 0.3.1: epoch e at cos(π·e/T).
     _, m = _make(Darts)
-    expected0 = 0.001 + 0.024 * (1 + math.cos(math.pi / 50)) / 2
-    assert m.lr_at(0) == pytest.approx(expected0, rel=1e-12)
-    assert m.lr_at(0) == pytest.approx(0.024976, abs=1e-6)
-    assert m.lr == pytest.approx(expected0, rel=1e-12)  # begin_epoch(0) applied it
-    assert m.w_optim.param_groups[0]["lr"] == pytest.approx(expected0, rel=1e-12)
-    assert m.lr_at(24) == pytest.approx(0.001 + 0.024 * (1 + math.cos(math.pi * 25 / 50)) / 2)
-    assert m.lr_at(49) == pytest.approx(0.001)  # the last epoch runs at the minimum
+    sched = cosine_annealing(0.025, 0.001, 50.0)  # train_search.py defaults
+    # The same float64 operations in the same order as lr_at: equal, not approximately.
+    assert [m.lr_at(e) for e in range(50)] == [sched.step() for _ in range(50)]
+    assert m.lr == m.w_optim.param_groups[0]["lr"] == 0.025  # begin_epoch(0) applied it
+    assert m.lr_at(49) > 0.001  # the last epoch is one step above the minimum
     # PC-DARTS: 0.1 → 0 with the same semantics.
     _, pc = _make(PCDarts, method="pcdarts")
-    assert pc.lr_at(0) == pytest.approx(0.1 * (1 + math.cos(math.pi / 50)) / 2, rel=1e-12)
-    # NAS-Bench-201 settings index by epoch (offset 0): epoch 0 runs at the maximum.
+    sched = cosine_annealing(0.1, 0.0, 50.0)
+    assert [pc.lr_at(e) for e in range(50)] == [sched.step() for _ in range(50)]
+    # NAS-Bench-201 settings index by epoch too (D-X-Y's scheduler.update(epoch, 0)).
     assert Darts.resolve_hyper({}, "nb201")["lr_schedule_offset"] == 0
     # epochs override changes T.
     _, m10 = _make(Darts, epochs=10)
-    assert m10.lr_at(0) == pytest.approx(0.001 + 0.024 * (1 + math.cos(math.pi / 10)) / 2, rel=1e-12)
+    sched = cosine_annealing(0.025, 0.001, 10.0)
+    assert [m10.lr_at(e) for e in range(10)] == [sched.step() for _ in range(10)]
 
 
 # ------------------------------------------------------------------------------------------ first order

@@ -1,12 +1,12 @@
 """`fastdarts train`: retraining recipes, the recipe picked by the data, the run directory, resume."""
 
 import importlib
-import math
 import os
 
 import pytest
 import torch
 import yaml
+from reference_lr import cosine_annealing, step_lr
 
 from fastdarts.cli import main
 from fastdarts.config import TrainConfig, load_config, recipe_names, recipe_path, to_dict
@@ -128,14 +128,15 @@ def test_train_accepts_a_search_run_directory(genotype, capsys, tmp_path):
     assert err.count("\n") == 1 and "without genotype.json" in err
 
 
-def test_lr_schedules_follow_quark0_semantics():
-    # quark0 calls scheduler.step() at each epoch start (old PyTorch): epoch e runs with the value at e + 1.
+def test_lr_schedules_follow_quark0_as_run_on_pytorch_031():
+    # quark0's train.py / train_imagenet.py call scheduler.step() at each epoch start on PyTorch
+    # 0.3.1: epoch e runs at the schedule's value at e (float64, same operations: equal).
     cifar = load_config(TrainConfig, recipe_path("darts-cifar10-train", "train"))
-    assert train_mod.lr_at(cifar, 0) == 0.025 * (1 + math.cos(math.pi * 1 / 600)) / 2
-    assert train_mod.lr_at(cifar, 599) == 0.0
+    sched = cosine_annealing(0.025, 0.0, 600.0)
+    assert [train_mod.lr_at(cifar, e) for e in range(600)] == [sched.step() for _ in range(600)]
     imagenet = load_config(TrainConfig, recipe_path("darts-imagenet-train", "train"))
-    assert train_mod.lr_at(imagenet, 0) == 0.1 * 0.97
-    assert train_mod.lr_at(imagenet, 9) == 0.1 * 0.97**10
+    sched = step_lr(0.1, 1, 0.97)
+    assert [train_mod.lr_at(imagenet, e) for e in range(250)] == [sched.step() for _ in range(250)]
     digits = load_config(TrainConfig, recipe_path("digits-train", "train"))
     assert train_mod.lr_at(digits, 0) == digits.lr and train_mod.lr_at(digits, digits.epochs - 1) > 0
 

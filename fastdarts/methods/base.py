@@ -73,9 +73,11 @@ class SearchMethod:
         w_lr=0.025, w_lr_min=0.001, w_momentum=0.9, w_weight_decay=3e-4, w_nesterov=False, w_grad_clip=5.0,
         alpha_lr=3e-4, alpha_betas=(0.5, 0.999), alpha_weight_decay=1e-3,
         arch_warmup=0,
-        # quark0 calls scheduler.step() at the start of each epoch (PyTorch < 1.1 semantics),
-        # so epoch e runs with the cosine value at e + 1 (epoch 0 of DARTS: 0.024976).
-        lr_schedule_offset=1,
+        # quark0 calls scheduler.step() at the start of each epoch. On the PyTorch its README pins
+        # (0.3.1; also 1.0) the scheduler's constructor resets last_epoch to -1 after its own step,
+        # so epoch e runs at cos(π·e/T): 0.025 first. (On PyTorch >= 1.1 the same code runs at
+        # e + 1, offset 1.)
+        lr_schedule_offset=0,
         step_order="arch_first",  # quark0: architecture step, then weight step
     )
     # NAS-Bench-201 reference settings (D-X-Y configs/nas-benchmark/algos/DARTS.config: batch 64, wd 5e-4,

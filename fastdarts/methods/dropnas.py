@@ -37,7 +37,7 @@ class DropNAS(SampledGateMethod):
         epochs=76, batch_size=96, layers=14,  # config.py:47, 56, 59
         w_lr=0.0375, w_lr_min=0.0015, w_momentum=0.9, w_weight_decay=0.0, w_nesterov=False,
         w_grad_clip=3.0, alpha_lr=3e-4, alpha_betas=(0.5, 0.999), alpha_weight_decay=0.0,
-        arch_warmup=0, lr_schedule_offset=1,  # old-PyTorch scheduler semantics, as DARTS
+        arch_warmup=0, lr_schedule_offset=0,  # torch 1.0.0 (requirement.txt): as DARTS, cos(π·e/T)
         drop_rate=3e-5, w_partial_decay=3e-4, alpha_partial_decay=1e-3, gate_seed=None,
     )
 
