@@ -340,6 +340,10 @@ def resolve_search_config(cfg: SearchConfig) -> SearchConfig:
     layout = resolve_supernet(cfg.space, cfg.method, cfg.supernet)  # also refuses impossible combinations
     if cfg.space != "nb201":  # NAS-Bench-201 has one network and keeps supernet="auto"
         out.supernet = layout
+    if layout == "nasnet" and isinstance(out.layers, int):
+        from fastdarts.spaces.nasnet import nasnet_layout
+
+        nasnet_layout(out.layers)  # refuses a cell count that is not 3N (before a run or a --dry-run)
     return out
 
 

@@ -295,3 +295,13 @@ def test_readme_recipe_table_matches_the_recipes():
         assert method.split()[0].strip("`") == exp["method"], name
         assert int(batch) == exp["batch"] and int(cells.split()[0]) == exp["layers"], name
         assert int(epochs.split()[0]) == exp["epochs"], name
+
+
+def test_dry_run_refuses_a_nasnet_cell_count_that_is_not_3n(tmp_path, capsys, monkeypatch):
+    # The digits default has 5 cells (quark0's network); GDAS builds NASNet-super, which needs 3N.
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "method=gdas", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "layers=5" in err and "3N cells" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert _dry_run(capsys, "method=gdas", "layers=6")["layers"] == 6
