@@ -16,7 +16,7 @@ from fastdarts.data import (
     build_train_data,
     load_cifar_batch,
 )
-from fastdarts.data import _random_crop as random_crop
+from fastdarts.data.transforms import _random_crop as random_crop
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,134 @@
+"""ImageFolder directories (one sub-directory per class, optionally under ``train/`` and ``val/``),
+decoded lazily with PIL inside a :class:`torch.utils.data.Dataset`.
+
+``val/`` is the test split when present, otherwise a stratified 10 % held out with
+:data:`SPLIT_SEED`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from fastdarts.data.config import _DEFAULT_SIZE, SPLIT_SEED, DataConfig, _Loaded
+from fastdarts.data.loader import _FolderSource, _Unreadable
+from fastdarts.data.sampling import _TAG_SPLIT, _class_counts, _generator, _stratified_pick
+from fastdarts.data.transforms import IMAGENET_MEAN, IMAGENET_STD, _resize_center_crop, _rrc_params
+
+IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class _FolderDataset(torch.utils.data.Dataset):
+    """Lazy PIL dataset; items are addressed as ``(index, sample_seed)``.
+
+    ``sample_seed=None`` applies the evaluation transform (resize shorter side to ``size / 0.875``,
+    centre crop); an integer seeds a :class:`random.Random` for the training transform
+    (RandomResizedCrop(scale 0.08..1, ratio 3/4..4/3) + flip, then cutout after normalisation), so
+    the result does not depend on which worker process decodes it.
+    """
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], *, image_size: int, mean, std,
+                 flip: bool, cutout: int):
+        self.paths = list(paths)
+        self.labels = [int(v) for v in labels]
+        self.image_size = int(image_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.flip = bool(flip)
+        self.cutout = int(cutout)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        idx, seed = key if isinstance(key, tuple) else (key, None)
+        from PIL import Image
+
+        path = self.paths[idx]
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+        except Exception as e:  # PIL raises several types; the main process decides (_FolderSource._checked)
+            return _Unreadable(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "))
+        S = self.image_size
+        rng = None if seed is None else random.Random(seed)
+        if rng is None:
+            img = _resize_center_crop(img, S)
+        else:
+            i, j, h, w = _rrc_params(img.height, img.width, rng)
+            img = img.resize((S, S), Image.BILINEAR, box=(j, i, j + w, i + h))
+            if self.flip and rng.random() < 0.5:
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).to(torch.float32).div_(255.0)
+        x = (x - self.mean) / self.std
+        if rng is not None and self.cutout > 0:
+            cy, cx, half = rng.randrange(S), rng.randrange(S), self.cutout // 2
+            x[:, max(0, cy - half):min(S, cy + half), max(0, cx - half):min(S, cx + half)] = 0.0
+        return x, self.labels[idx]
+
+
+def _scan_class_dirs(root: str) -> dict[str, list[str]]:
+    """{class name: sorted image paths} for every non-hidden sub-directory of ``root``."""
+    out = {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        files = []
+        for dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                         if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith("."))
+        out[entry.name] = files
+    return out
+
+
+def _has_class_dirs(path: str) -> bool:
+    return os.path.isdir(path) and any(e.is_dir() and not e.name.startswith(".") for e in os.scandir(path))
+
+
+def _load_imagefolder(cfg: DataConfig, root: str) -> _Loaded:
+    train_root, val_root = root, None
+    if _has_class_dirs(os.path.join(root, "train")):
+        train_root = os.path.join(root, "train")
+        for name in ("val", "valid", "validation"):
+            if _has_class_dirs(os.path.join(root, name)):
+                val_root = os.path.join(root, name)
+                break
+    scanned = _scan_class_dirs(train_root)
+    exts = ", ".join(IMG_EXTENSIONS)
+    if not scanned or not any(scanned.values()):
+        raise FileNotFoundError(f"ImageFolder {train_root} is empty: expected one sub-directory per class holding "
+                                f"images ({exts})")
+    empty = [c for c, files in scanned.items() if not files]
+    if empty:
+        raise FileNotFoundError(f"ImageFolder {train_root}: class folder(s) {', '.join(empty)} hold no images ({exts})")
+    classes = tuple(scanned)
+    class_idx = {c: i for i, c in enumerate(classes)}
+    paths = [p for c in classes for p in scanned[c]]
+    labels = [class_idx[c] for c in classes for _ in scanned[c]]
+    S = int(cfg.image_size or _DEFAULT_SIZE["imagefolder"])
+    common = dict(image_size=S, mean=IMAGENET_MEAN, std=IMAGENET_STD, flip=True, cutout=cfg.cutout)
+    if val_root is not None:
+        vscan = _scan_class_dirs(val_root)
+        unknown = [c for c in vscan if c not in class_idx]
+        if unknown:
+            raise ValueError(f"ImageFolder {val_root}: class folder(s) {', '.join(unknown)} are not in {train_root}")
+        vpaths = [p for c in vscan for p in vscan[c]]
+        vlabels = [class_idx[c] for c in vscan for _ in vscan[c]]
+        train = _FolderDataset(paths, labels, **common)
+        test = _FolderDataset(vpaths, vlabels, **common)
+    else:
+        y = torch.tensor(labels, dtype=torch.long)
+        counts = _class_counts(y)
+        test_idx = _stratified_pick(y, lambda c: round(0.1 * counts[c]), _generator(SPLIT_SEED, _TAG_SPLIT),
+                                    at_least_one=True).tolist()
+        held = set(test_idx)
+        train_idx = [i for i in range(len(paths)) if i not in held]
+        train = _FolderDataset([paths[i] for i in train_idx], [labels[i] for i in train_idx], **common)
+        test = _FolderDataset([paths[i] for i in test_idx], [labels[i] for i in test_idx], **common)
+    return _Loaded("imagefolder", _FolderSource(train, cfg.skip_corrupt), _FolderSource(test, cfg.skip_corrupt),
+                   len(classes), S, classes, stratified=True, root=train_root)
