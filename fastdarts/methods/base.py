@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fastdarts.distributed import average_gradients, average_grads_
 from fastdarts.gates import Mixing
 
 
@@ -153,6 +154,23 @@ class SearchMethod:
         inv = 1.0 / self.scaler.scale(torch.ones((), device=self.arch[0].device))
         return [None if g is None else g * inv for g in grads]
 
+    def gradients(self, loss: torch.Tensor, inputs: list[torch.Tensor], count: int,
+                  allow_unused: bool = True) -> list[torch.Tensor | None]:
+        """``∇ scaled(loss)`` w.r.t. ``inputs`` (None where unused), averaged over the ranks of a multi-process
+        search, weighted by ``count``, the samples ``loss`` is the mean over (:mod:`fastdarts.distributed`).
+
+        Every gradient a method uses goes through here or :meth:`backward`, so each rank reads the
+        gradient of the global batch before using it (virtual steps, finite differences, masks).
+        """
+        grads = torch.autograd.grad(self.scaled(loss), inputs, allow_unused=allow_unused)
+        return average_gradients(grads, inputs, count)
+
+    def backward(self, loss: torch.Tensor, inputs: list[torch.Tensor], count: int) -> None:
+        """``scaled(loss).backward(inputs=inputs)``, then the ``.grad`` of ``inputs`` averaged over the ranks
+        as in :meth:`gradients`."""
+        self.scaled(loss).backward(inputs=inputs)
+        average_grads_(inputs, count)
+
     def optimizer_step(self, optimizer: torch.optim.Optimizer, clip: float | None = None) -> None:
         """Unscale (fp16) the gradients of ``optimizer``'s parameters, clip their norm to ``clip``, step.
 
@@ -251,7 +269,7 @@ class SearchMethod:
         # work is done (recomputed cells included, which otherwise see every parameter as an input).
         with requires_grad_disabled(self.weights):
             loss = self.arch_loss(x, y)
-            self.set_arch_grads(torch.autograd.grad(self.scaled(loss), self.arch, allow_unused=True))
+            self.set_arch_grads(self.gradients(loss, self.arch, y.shape[0]))
         self.optimizer_step(self.a_optim)
         return {"arch_loss": loss.detach()}
 
@@ -259,7 +277,7 @@ class SearchMethod:
         self.w_optim.zero_grad(set_to_none=True)
         logits = self.forward(x)
         loss = self.criterion(logits, y)
-        self.scaled(loss).backward(inputs=self.weights)
+        self.backward(loss, self.weights, y.shape[0])
         self.optimizer_step(self.w_optim, self.hp["w_grad_clip"])
         return batch_metrics(loss, logits, y)
 

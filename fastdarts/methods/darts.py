@@ -53,7 +53,7 @@ class DartsSecondOrder(SearchMethod):
     def _arch_grad_at(self, values, x, y):
         with weights_set_to(self.weights, values):
             loss = self.criterion(self.forward(x), y)
-            return torch.autograd.grad(self.scaled(loss), self.arch, allow_unused=True)
+            return self.gradients(loss, self.arch, y.shape[0])
 
     def hessian_vector_product(self, v, x, y):
         """``(∇_α L_tr(w + εv) − ∇_α L_tr(w − εv)) / (2ε)`` with ``ε = 0.01/‖v‖``.
@@ -70,7 +70,7 @@ class DartsSecondOrder(SearchMethod):
     def unrolled_weights(self, x, y) -> list[torch.Tensor]:
         """``w' = w − ξ(μ·m + ∇_w L_tr(w, α) + λw)`` (plain SGD-with-momentum step, no clipping)."""
         loss = self.criterion(self.forward(x), y)
-        grads = self.unscale(torch.autograd.grad(self.scaled(loss), self.weights))
+        grads = self.unscale(self.gradients(loss, self.weights, y.shape[0], allow_unused=False))
         mu, wd, xi = self.hp["w_momentum"], self.hp["w_weight_decay"], self.lr
         return [p.detach() - xi * (mu * self._momentum(p) + g + wd * p.detach())
                 for p, g in zip(self.weights, grads)]
@@ -81,7 +81,7 @@ class DartsSecondOrder(SearchMethod):
         # The virtual step runs on a copy in quark0: its BatchNorm statistics are thrown away.
         with weights_set_to(self.weights, w_prime), bn_stats_restored(self.model):
             loss = self.arch_loss(xv, yv)
-            grads = torch.autograd.grad(self.scaled(loss), self.arch + self.weights, allow_unused=True)
+            grads = self.gradients(loss, self.arch + self.weights, yv.shape[0])
         # fp16: d_α stays scaled (set_arch_grads unscales the final g_α); v is unscaled for ε = 0.01/‖v‖.
         d_alpha, v = grads[: len(self.arch)], self.unscale(grads[len(self.arch):])
         v = [torch.zeros_like(p) if g is None else g for p, g in zip(self.weights, v)]

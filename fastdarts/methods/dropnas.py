@@ -86,7 +86,7 @@ class DropNAS(SampledGateMethod):
         logits = self.forward(x)
         samples = dict(self.gates.last)
         loss = self.criterion(logits, y)
-        self.scaled(loss).backward(inputs=params)
+        self.backward(loss, params, y.shape[0])
         # Ops dropped in this forward leave their weights without a gradient. As in the original
         # (PyTorch 1.x zero_grad zeroes instead of freeing), they take a zero gradient, so SGD still
         # applies their momentum. Filling here (not only zeroing) also makes a resumed run, whose
@@ -106,6 +106,8 @@ class DropNAS(SampledGateMethod):
             if overflow:
                 return batch_metrics(loss, logits, y)
         # 2. partial decay: masks from step 1's gradients, then a second step of both optimisers.
+        # In a multi-process search L_dec is the same on every rank (a function of the parameters and
+        # of step 1's averaged gradients), so its gradients need no averaging.
         # L_dec is an fp32 function of fp32 parameters (no autocast): it is differentiated unscaled.
         dec = self.decay_loss()
         self.w_optim.zero_grad(set_to_none=False)

@@ -210,7 +210,7 @@ class LambdaDarts(SearchMethod):
     def _weight_grads(self, x, y, shared, cell_w, extra=()):
         logits = self.forward(x, cell_weights=self.per_cell_weights(shared, cell_w))
         loss = self.criterion(logits, y)
-        grads = torch.autograd.grad(self.scaled(loss), list(self.weights) + list(extra), allow_unused=True)
+        grads = self.gradients(loss, list(self.weights) + list(extra), y.shape[0])
         return loss, logits, grads
 
     def per_cell_gradients(self, x, y, shared=None):
