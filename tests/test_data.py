@@ -129,7 +129,7 @@ def test_every_epoch_sees_every_image_once_last_partial_batch_kept():
         batches = list(loader)
         assert len(loader) == len(batches) == -(-n // 64)
         assert [y.numel() for _, y in batches] == [64] * (n // 64) + [n % 64]
-        order = torch.cat([idx for idx, _ in loader._specs(1)])
+        order = torch.cat([idx for idx, *_ in loader._specs(1)])
         assert torch.equal(torch.sort(order).values, torch.sort(loader.indices).values)
 
 

@@ -30,8 +30,8 @@ class _SpecBatchSampler:
         self.n_batches = n_batches
 
     def __iter__(self):
-        for idx, aug_seed in self.specs:
-            yield _sample_keys(idx, aug_seed)
+        for idx, aug_seed, part in self.specs:
+            yield _sample_keys(idx, aug_seed)[part]
 
     def __len__(self):
         if self.n_batches is None:
@@ -94,13 +94,15 @@ class _FolderSource:
             raise CorruptImageError(f"every image of a batch is unreadable (first: {bad[0].path})")
         return x, y
 
-    def fetch(self, idx: torch.Tensor, aug_seed: int | None):
-        return self._checked(_collate([self.dataset[k] for k in _sample_keys(idx, aug_seed)]))
+    def fetch(self, idx: torch.Tensor, aug_seed: int | None, part: slice = slice(None)):
+        """Images ``part`` of the batch ``idx``; each image's augmentation seed is the one it has in the
+        whole batch, and only the images of ``part`` are decoded."""
+        return self._checked(_collate([self.dataset[k] for k in _sample_keys(idx, aug_seed)[part]]))
 
     def iterate(self, specs, num_workers: int = 0, n_batches: int | None = None):
         if num_workers <= 0:
-            for idx, aug_seed in specs:
-                yield self.fetch(idx, aug_seed)
+            for idx, aug_seed, part in specs:
+                yield self.fetch(idx, aug_seed, part)
             return
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=_SpecBatchSampler(specs, n_batches), num_workers=num_workers,
@@ -124,6 +126,13 @@ class EpochLoader:
       for ImageFolder).
 
     Images are float32 ``[B, 3, S, S]`` normalised with the dataset mean/std; labels int64 ``[B]``.
+
+    ``shard(rank, num_shards)`` (a multi-process search) makes every batch, epoch and random ones
+    alike, the ``rank``-th contiguous slice of the batch a single process gets (slice sizes differ by
+    at most one, the first ranks taking the larger); ``len`` and the batch indices stay those of the
+    global batches. Each image is augmented exactly as in the single-process batch: an ImageFolder
+    derives the per-image seeds of the whole batch and decodes only the slice; in-memory sources
+    augment the whole batch (one generator runs through it) and keep the slice.
     """
 
     def __init__(self, source, indices, *, batch_size: int, seed: int, stream: int, shuffle: bool,
@@ -139,6 +148,7 @@ class EpochLoader:
         self.drop_last = bool(drop_last) and len(self.indices) >= self.batch_size
         self.num_workers = int(num_workers)
         self.epoch = 0
+        self.rank, self.num_shards = 0, 1
 
     # -- basic properties -------------------------------------------------------------------
     @property
@@ -173,6 +183,37 @@ class EpochLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    # -- sharding (multi-process search) ----------------------------------------------------
+    @property
+    def smallest_batch(self) -> int:
+        """Images in the smallest batch this loader yields (the last epoch batch, or a random batch)."""
+        n, bs = self.num_samples, self.batch_size
+        last = n % bs
+        return last if last and not self.drop_last else min(bs, n)
+
+    def shard(self, rank: int, num_shards: int) -> None:
+        """Yield only slice ``rank`` of ``num_shards`` of every batch from now on (see the class docstring).
+
+        Raises:
+            ValueError: a batch would leave some rank without images.
+        """
+        rank, num_shards = int(rank), int(num_shards)
+        if not 0 <= rank < num_shards:
+            raise ValueError(f"shard rank {rank} is not in [0, {num_shards})")
+        if self.smallest_batch < num_shards:
+            raise ValueError(f"a batch of this split ({self.num_samples} images, batch_size {self.batch_size}) has "
+                             f"only {self.smallest_batch} image(s), fewer than the {num_shards} ranks; change "
+                             "data.batch_size or the split's size (data.subset, data.train_portion)")
+        self.rank, self.num_shards = rank, num_shards
+
+    def _part(self, n: int) -> slice:
+        """This rank's rows of a global batch of ``n`` images (``torch.tensor_split`` sizes)."""
+        if self.num_shards == 1:
+            return slice(None)
+        q, r = divmod(n, self.num_shards)
+        start = self.rank * q + min(self.rank, r)
+        return slice(start, start + q + (self.rank < r))
+
     # -- epoch iteration --------------------------------------------------------------------
     def _order(self, epoch: int) -> torch.Tensor:
         if not self.shuffle:
@@ -186,7 +227,8 @@ class EpochLoader:
     def _specs(self, epoch: int, start: int = 0):
         order, bs = self._order(epoch), self.batch_size
         for i in range(max(0, int(start)), len(self)):
-            yield order[i * bs:(i + 1) * bs], self._aug_seed(_TAG_AUGMENT, epoch, i)
+            idx = order[i * bs:(i + 1) * bs]
+            yield idx, self._aug_seed(_TAG_AUGMENT, epoch, i), self._part(idx.numel())
 
     def iterate(self, epoch: int | None = None, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start, start + 1, ...`` of ``epoch`` (default: the epoch set by ``set_epoch``)."""
@@ -203,8 +245,7 @@ class EpochLoader:
         """Batch ``i`` of ``epoch`` exactly as iteration yields it."""
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} out of range for {len(self)} batches")
-        idx, aug = next(self._specs(int(epoch), i))
-        return self.source.fetch(idx, aug)
+        return self.source.fetch(*next(self._specs(int(epoch), i)))
 
     # -- random batches (architecture step) -------------------------------------------------
     def _random_spec(self, epoch: int, step: int):
@@ -213,7 +254,8 @@ class EpochLoader:
             raise ValueError("cannot draw a random batch from an empty split")
         g = _generator(self.seed, self.stream, _TAG_RANDOM, epoch, step)
         pick = torch.randperm(n, generator=g)[: self.batch_size]
-        return self.indices.index_select(0, pick), self._aug_seed(_TAG_RANDOM_AUG, epoch, step)
+        return (self.indices.index_select(0, pick), self._aug_seed(_TAG_RANDOM_AUG, epoch, step),
+                self._part(pick.numel()))
 
     def random_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``min(batch_size, n)`` distinct random images, determined by ``(seed, epoch, step)``."""

@@ -42,7 +42,11 @@ class _TensorSource:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def fetch(self, idx: torch.Tensor, aug_seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def fetch(self, idx: torch.Tensor, aug_seed: int | None,
+              part: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``part`` of the batch ``idx``, augmented with the generator of ``aug_seed``. The generator
+        runs through the whole batch, so the whole batch is augmented and ``part`` kept: each row equals
+        the one the unsliced batch has."""
         x = self.images.index_select(0, idx)
         x = x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32)
         S = self.image_size
@@ -60,11 +64,11 @@ class _TensorSource:
         x = (x - self._mean_t) / self._std_t
         if g is not None and self.cutout > 0:
             x = _cutout_batch(x, self.cutout, g)
-        return x.contiguous(), self.labels.index_select(0, idx)
+        return x[part].contiguous(), self.labels.index_select(0, idx)[part]
 
-    def iterate(self, specs: Iterator[tuple[torch.Tensor, int | None]], num_workers: int = 0):
-        for idx, aug_seed in specs:
-            yield self.fetch(idx, aug_seed)
+    def iterate(self, specs: Iterator[tuple[torch.Tensor, int | None, slice]], num_workers: int = 0):
+        for idx, aug_seed, part in specs:
+            yield self.fetch(idx, aug_seed, part)
 
 
 def _load_digits(cfg: DataConfig) -> _Loaded:
