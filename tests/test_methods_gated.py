@@ -263,6 +263,25 @@ def test_dropnas_partial_decay_masks_follow_gradients():
     assert m.decay_loss().item() == pytest.approx(want, rel=1e-6)
 
 
+def test_dropnas_groups_follow_the_supernet_primitives():
+    """RobustDARTS' S3 list on the DARTS space: the mixing groups those 3 ops, and a step runs on them."""
+    from fastdarts.spaces.robust import robust_primitives
+
+    torch.manual_seed(0)
+    s3 = ["none", "skip_connect", "sep_conv_3x3"]
+    model = fastdarts.build_supernet("darts", "dropnas", C=4, num_classes=10, layers=3, primitives=s3)
+    assert model.mixing.primitives == tuple(s3) and model.mixing._group_ids == (1, 1, 0)
+    m = DropNAS(model, DropNAS.resolve_hyper({"epochs": 2, "drop_rate": 0.3, "gate_seed": 1}))
+    m.begin_epoch(0)
+    m.step(_batch(0), None, 0)
+    assert all(s.keep.shape[-1] == 3 for s in model.mixing.last.values())
+    same = fastdarts.build_supernet("darts", "dropnas", C=4, num_classes=10, layers=3,
+                                    primitives=robust_primitives("s3"))
+    assert same.mixing.primitives == tuple(s3)
+    with pytest.raises(ValueError, match="same list on every edge"):
+        fastdarts.build_supernet("darts", "dropnas", C=4, num_classes=10, layers=3, primitives=robust_primitives("s1"))
+
+
 def test_wrong_supernet_is_rejected():
     torch.manual_seed(0)
     model = fastdarts.build_supernet("darts", "darts", C=4, num_classes=10, layers=3)

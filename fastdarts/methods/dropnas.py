@@ -43,7 +43,16 @@ class DropNAS(SampledGateMethod):
 
     @classmethod
     def mixing(cls, options):
-        return DropNASMixing()
+        # The op groups follow the supernet's candidate list (primitives=, e.g. RobustDARTS' S3 set on
+        # the DARTS space); the mixing holds one list, so per-edge lists must all be the same.
+        primitives = options.get("primitives")
+        if isinstance(primitives, dict):
+            lists = {tuple(ops) for edges in primitives.values() for ops in edges}
+            if len(lists) != 1:
+                raise ValueError("DropNAS groups the ops of one candidate list; these primitives differ "
+                                 "between edges (use the same list on every edge)")
+            primitives = lists.pop()
+        return DropNASMixing(primitives)
 
     def begin_epoch(self, epoch: int) -> None:
         super().begin_epoch(epoch)
