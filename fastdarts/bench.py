@@ -11,8 +11,13 @@ with ``torch.profiler`` as the sum of ``self_cpu_memory_usage``), the ratio to t
 backend, and the largest batch that fits a memory budget (CUDA: found by search; CPU:
 estimated from the bytes per sample).
 
-Results go to ``<out>/<device>-<YYYYMMDD>.json`` (+ ``.md``, ``.png``); the README's
-performance table is regenerated from every JSON file in ``benchmarks/results``.
+Pipeline records (``fastdarts bench pipeline``) measure the images/s of the ImageFolder training
+loader (PIL decode, RandomResizedCrop + flip, normalisation) on the CPU for 0 and 2 DataLoader
+workers, on a generated folder of JPEGs.
+
+Results go to ``<out>/<device>-<YYYYMMDD>.json`` (+ ``.md``, ``.png``; the pipeline:
+``<out>/pipeline-<device>-<YYYYMMDD>.{json,md}``); the README's performance table is regenerated
+from every JSON file in ``benchmarks/results`` that holds kernel or search records.
 """
 
 from __future__ import annotations
@@ -289,6 +294,111 @@ def add_relative_fields(records: list[dict]) -> None:
         r["memory_vs_darts"] = memory(r) / memory(d) if d and r["method"] != "darts" else None
 
 
+# ------------------------------------------------------------------------------------- input pipeline
+PIPELINE_WORKERS = (0, 2)
+
+
+def write_jpeg_folder(root: str, classes: int, per_class: int, px: int, seed: int = 0) -> str:
+    """An ImageFolder of ``classes`` x ``per_class`` generated ``px`` x ``px`` RGB JPEGs (quality 90).
+
+    Each image is an upsampled 8x8 random colour field plus pixel noise, so it compresses like a photo
+    rather than like flat colour or pure noise (either would make decoding unrealistically cheap or dear).
+    """
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = os.path.join(root, f"class{c:02d}")
+        os.makedirs(folder, exist_ok=True)
+        for i in range(per_class):
+            coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((px, px), Image.BICUBIC)
+            noisy = np.asarray(coarse, dtype=np.int16) + rng.normal(0, 8, (px, px, 3)).astype(np.int16)
+            Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(os.path.join(folder, f"{i:04d}.jpg"),
+                                                                          quality=90)
+    return root
+
+
+def bench_pipeline(root: str, *, image_size: int = 224, batch: int = 32, workers=PIPELINE_WORKERS,
+                   repeats: int = 3) -> list[dict]:
+    """Images/s of the ImageFolder training loader for each DataLoader worker count (0: also at 1 thread).
+
+    The loader is the one a folder search uses for its weight split (``pcdarts-imagenet``): PIL decode,
+    RandomResizedCrop(scale 0.08..1, ratio 3/4..4/3) to ``image_size`` + flip, normalisation, batches
+    assembled by :class:`fastdarts.data.EpochLoader`. One repeat is one full epoch (a different epoch
+    each time, so different crops), timed from the first ``iter`` to the last batch: worker start-up
+    is included, as a search pays it every epoch; one batch is read untimed first.
+    """
+    from fastdarts.data import DataConfig, build_train_data
+
+    # In-process decoding runs at the process's torch thread count and at 1: per-image normalisation on
+    # several intra-op threads is much slower when the cores are shared. DataLoader workers use 1 thread each.
+    process_threads = torch.get_num_threads()
+    configs = [(w, t) for w in workers for t in (dict.fromkeys((process_threads, 1)) if w == 0 else (1,))]
+    records = []
+    for w, threads in configs:
+        cfg = DataConfig(name=root, image_size=image_size, batch_size=batch, augment=True, num_workers=w)
+        loader = build_train_data(cfg, seed=0).train
+        torch.set_num_threads(threads if w == 0 else process_threads)
+        try:
+            loader.batch(0, 0)  # one-off costs (PIL import, first file reads) are not part of the rate
+            rates = []
+            for epoch in range(repeats):
+                n, t0 = 0, time.perf_counter()
+                for x, _ in loader.iterate(epoch):
+                    n += x.shape[0]
+                rates.append(n / (time.perf_counter() - t0))
+        finally:
+            torch.set_num_threads(process_threads)
+        records.append(dict(name="imagefolder_train", workers=w, decode_threads=threads, batch=batch,
+                            image_size=image_size, images_per_epoch=loader.num_samples, repeats=repeats,
+                            images_per_s=statistics.median(rates), images_per_s_all=rates))
+    return records
+
+
+def pipeline_markdown(result: dict) -> str:
+    """Markdown table of a pipeline result file."""
+    lines = [f"**{result['device']}** · torch {result['torch']} · Pillow {result['pillow']} · commit "
+             f"{result['commit']} · {result['date']} · load average {result['load_avg_before'][0]:.2f} before, "
+             f"{result['load_avg_after'][0]:.2f} after", "",
+             (f"{result['images']} generated {result['source_px']} px JPEGs" if result["images"] else
+              f"ImageFolder {result['data']}") + "; training transform RandomResizedCrop + flip + normalise", "",
+             "| workers | torch threads per decoding process | batch | output px | images/epoch | repeats | "
+             "images/s (median) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['workers']} | {r['decode_threads']} | {r['batch']} | {r['image_size']} | "
+              f"{r['images_per_epoch']} | {r['repeats']} | {r['images_per_s']:.0f} |" for r in result["pipeline"]]
+    return "\n".join(lines) + "\n"
+
+
+def run_pipeline_bench(out: str = os.path.join("benchmarks", "results"), *, data: str | None = None,
+                       quick: bool = False) -> list[str]:
+    """Measure :func:`bench_pipeline` on ``data`` (default: a generated folder of 8 x 32 JPEGs of 224 px;
+    ``quick``: 2 x 4 and one repeat) and write ``<out>/pipeline-<device>-<date>.{json,md}``."""
+    import tempfile
+
+    import PIL
+
+    classes, per_class, repeats = (2, 4, 1) if quick else (8, 32, 5)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = data if data is not None else write_jpeg_folder(tmp, classes, per_class, 224)
+        records = bench_pipeline(root, repeats=repeats, batch=4 if quick else 32)
+    result = dict(kind="pipeline", device=device_name(torch.device("cpu")), torch=torch.__version__,
+                  pillow=PIL.__version__, fastdarts=fastdarts.__version__, commit=_commit(),
+                  date=time.strftime("%Y-%m-%d"), quick=quick, threads=torch.get_num_threads(),
+                  data=data or "generated", source_px=None if data else 224,
+                  images=None if data else classes * per_class, load_avg_before=list(load_before),
+                  load_avg_after=list(os.getloadavg()), pipeline=records)
+    os.makedirs(out, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", result["device"]).strip("-").lower()
+    stem = os.path.join(out, f"pipeline-{slug}-{time.strftime('%Y%m%d')}{'-quick' if quick else ''}")
+    with open(stem + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(pipeline_markdown(result))
+    return [stem + ".json", stem + ".md"]
+
+
 # ------------------------------------------------------------------------------------- reports
 def _commit() -> str:
     try:
@@ -453,10 +563,15 @@ def update_readme(results_dir: str, readme: str) -> bool:
 
 
 def run_bench(what: str = "all", out: str = os.path.join("benchmarks", "results"), *, quick: bool = False,
-              device: str | None = None, readme: str = "README.md") -> list[str]:
-    """Run the benchmarks and write ``<out>/<device>-<date>.{json,md,png}``; returns the written paths."""
-    if what not in ("kernels", "search", "all"):
-        raise ValueError(f"unknown benchmark {what!r}; choose kernels, search or all")
+              device: str | None = None, readme: str = "README.md", data: str | None = None) -> list[str]:
+    """Run the benchmarks and write ``<out>/<device>-<date>.{json,md,png}``; returns the written paths.
+
+    ``what="pipeline"`` (not part of ``"all"``) measures the ImageFolder input pipeline on the CPU instead
+    (:func:`run_pipeline_bench`; ``data``: an ImageFolder to read rather than generated JPEGs)."""
+    if what not in ("kernels", "search", "all", "pipeline"):
+        raise ValueError(f"unknown benchmark {what!r}; choose kernels, search, all or pipeline")
+    if what == "pipeline":
+        return run_pipeline_bench(out, data=data, quick=quick)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         import triton

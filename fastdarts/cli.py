@@ -142,7 +142,7 @@ def _cmd_bench(args) -> int:
         return 0
     from fastdarts.bench import run_bench
 
-    for path in run_bench(args.what, args.out, quick=args.quick):
+    for path in run_bench(args.what, args.out, quick=args.quick, data=args.data):
         print(f"wrote {path}")
     return 0
 
@@ -181,8 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="auto", choices=["auto", "dot", "matplotlib"],
                    help="cell diagrams: graphviz dot (auto: when installed) or matplotlib")
     p.set_defaults(func=_cmd_plot)
-    p = sub.add_parser("bench", help="benchmark kernels and search steps; writes JSON, markdown and PNG")
-    p.add_argument("what", nargs="?", default="all", choices=["kernels", "search", "all"])
+    p = sub.add_parser("bench", help="benchmark kernels, search steps (JSON, markdown, PNG) or the input pipeline")
+    p.add_argument("what", nargs="?", default="all", choices=["kernels", "search", "all", "pipeline"],
+                   help="all = kernels + search; pipeline = ImageFolder loader images/s on the CPU")
+    p.add_argument("--data", metavar="DIR", help="pipeline: an ImageFolder to read instead of generated JPEGs")
     p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder")
     p.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
     p.add_argument("--replot", metavar="RESULT.json", help="redraw the PNG of a result JSON without measuring")
