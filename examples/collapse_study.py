@@ -148,7 +148,7 @@ def markdown(result: dict[str, Any]) -> str:
     cut = (f"`{st['train_recipe']}` retraining cut from {st['train_recipe_epochs']} to {sz['train_epochs']} epochs"
            + ("" if sz["train_image_size"] is None else f", images {sz['train_image_size']}×{sz['train_image_size']}"))
     lines = [
-        f"Spaces {', '.join(st['spaces'])}; seeds {st['seeds']}; digits data. Search: each method's recipe "
+        f"Spaces {', '.join(st['spaces'])}; seeds planned {st['seeds']}; digits data. Search: each method's recipe "
         f"(`<method>-cifar10`; GAEA DARTS: its defaults) with sizes cut to {sz['search_epochs']} epochs, batch "
         f"{sz['batch_size']}, {sz['image_size']}×{sz['image_size']} images, C={sz['C']}, {sz['layers']} cells "
         f"(NASNet-super: {sz['nasnet_layers']}). Retraining: {cut} (C={st['train_C']}, {st['train_layers']} cells). "
@@ -167,39 +167,57 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: str) -> None:
-    """One row per space: parameter-free ops per seed (left) and derived-network accuracy (right)."""
+    """One row per space: parameter-free ops (left) and derived-network accuracy (right), a marker per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    st, sz = result["settings"], result["settings"]["sizes"]
-    spaces = [s for s in st["spaces"] if any(r["space"] == s for r in result["rows"])]
-    fig, axes = plt.subplots(len(spaces), 2, figsize=(11, 3.4 * len(spaces) + 0.9), squeeze=False)
+    st, sz, rows = result["settings"], result["settings"]["sizes"], result["rows"]
+    spaces = [s for s in st["spaces"] if any(r["space"] == s for r in rows)]
+    seeds = sorted({r["seed"] for r in rows})
+    markers = dict(zip(seeds, "osD^v<>p"))
+    fig, axes = plt.subplots(len(spaces), 2, figsize=(11, 3.3 * len(spaces) + 1.3), squeeze=False)
     for row, space in zip(axes, spaces):
-        methods = [m for m in st["methods"] if any(r["space"] == space and r["method"] == m for r in result["rows"])]
+        methods = [m for m in st["methods"] if any(r["space"] == space and r["method"] == m for r in rows)]
         for i, m in enumerate(methods):
-            rs = [r for r in result["rows"] if r["space"] == space and r["method"] == m]
-            offsets = [(j - (len(rs) - 1) / 2) * 0.12 for j in range(len(rs))]  # seeds side by side
-            row[0].scatter([i + o for o in offsets], [r["param_free"] for r in rs], color="tab:red", zorder=3)
-            row[1].scatter([i + o for o in offsets], [r["derived_acc"] for r in rs], color="tab:blue", zorder=3)
+            for r in (r for r in rows if r["space"] == space and r["method"] == m):
+                x = i + (seeds.index(r["seed"]) - (len(seeds) - 1) / 2) * 0.15  # seeds side by side
+                row[0].scatter(x, r["param_free"], color="tab:red", marker=markers[r["seed"]], zorder=3)
+                row[1].scatter(x, r["derived_acc"], color="tab:blue", marker=markers[r["seed"]], zorder=3)
         row[0].axhline(4.5, color="grey", lw=0.8, ls="--")
-        row[0].text(len(methods) - 0.5, 4.6, "collapsed (≥ 5)", ha="right", va="bottom", fontsize=8, color="grey")
         row[0].set_ylim(-0.5, 8.5)
+        row[0].set_yticks(range(9))
         row[0].set_ylabel("parameter-free ops\nin normal cell (of 8)")
         row[1].set_ylabel("derived net\nheld-out acc (%)")
-        for ax in row:
+        free = "none, skip" if space == "s3" else "skip"
+        for ax, what in zip(row, (f"parameter-free: {free}; above the dashed line: collapsed (≥ 5 of 8)",
+                                  f"retrained {st['train_recipe']}, {sz['train_epochs']} epochs")):
             ax.set_xticks(range(len(methods)), methods)
             ax.set_xlim(-0.5, len(methods) - 0.5)
-            ax.set_title(f"space {space}", fontsize=10)
+            ax.set_title(f"space {space}: {what}", fontsize=9)
             ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"Collapse study on digits, spaces {', '.join(spaces)}, seeds {st['seeds']} (one dot per seed)\n"
-                 f"search: recipes scaled to {sz['search_epochs']} ep, C={sz['C']}, {sz['image_size']}px; "
-                 f"retrain: {st['train_recipe']} cut to {sz['train_epochs']} of {st['train_recipe_epochs']} ep",
-                 fontsize=10)
-    fig.tight_layout()
+    handles = [Line2D([], [], ls="", marker=markers[s], color="black", label=f"seed {s}") for s in seeds]
+    fig.legend(handles=handles, loc="lower center", ncol=len(seeds), fontsize=9, frameon=False)
+    fig.suptitle(f"Collapse study on digits: spaces {', '.join(spaces)}, seeds {seeds} "
+                 f"({result['runs_done']} of {result['runs_planned']} runs)\n"
+                 f"search: each recipe scaled to {sz['search_epochs']} epochs, batch {sz['batch_size']}, C={sz['C']}, "
+                 f"{sz['image_size']}×{sz['image_size']} px; retrain: {st['train_recipe']} cut to {sz['train_epochs']} "
+                 f"of {st['train_recipe_epochs']} epochs", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def redraw(json_path: str) -> None:
+    """Rewrite the ``.md`` and ``.png`` next to a results JSON from its content (no run)."""
+    with open(json_path) as f:
+        result = json.load(f)
+    stem = json_path[: -len(".json")] if json_path.endswith(".json") else json_path
+    with open(stem + ".md", "w") as f:
+        f.write(markdown(result))
+    plot(result, stem + ".png")
 
 
 def write_results(rows: Sequence[dict[str, Any]], info: dict[str, Any], stem: str) -> dict[str, Any]:
@@ -257,7 +275,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--name", default=f"collapse-s2s3-{time.strftime('%Y%m%d')}", help="file stem under --out")
+    parser.add_argument("--redraw", metavar="JSON", help="only rewrite the table and plot of this results file")
     args = parser.parse_args(argv)
+    if args.redraw:
+        redraw(args.redraw)
+        return
     for m in args.methods:
         get_method(m)  # an unknown name fails here, before any run
     torch.set_num_threads(args.threads)

@@ -38,6 +38,10 @@ def test_one_run_writes_table_json_and_plot(study, tmp_path):
     assert st["train_recipe_epochs"] == 20  # the recipe's value, reported next to the cut
     assert "cut from 20 to 1 epochs" in (tmp_path / "study.md").read_text()
     assert (tmp_path / "study.png").stat().st_size > 0
+    table = (tmp_path / "study.md").read_text()
+    (tmp_path / "study.md").unlink()
+    study.main(["--redraw", str(tmp_path / "study.json")])  # the table and plot again, from the JSON alone
+    assert (tmp_path / "study.md").read_text() == table
 
 
 def test_methods_outside_their_spaces_search_the_same_cells(study, tmp_path):
