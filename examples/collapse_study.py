@@ -5,8 +5,8 @@ recipe (``fastdarts/configs/<method>-cifar10.yaml``; a method without one, GAEA 
 built-in DARTS-space defaults) with the sizes scaled down to the digits data, derive the genotype,
 count the parameter-free operations among the 8 ops of the normal cell, then retrain the derived
 cell with the ``digits-train`` recipe (epochs, and optionally width/cells, cut) and measure its
-held-out accuracy. Runs go space-major, then seed-major, so a study cut short still compares every
-method. The results are rewritten after each run: ``<out>/<name>.json``, ``.md`` and ``.png``.
+held-out accuracy. Runs go seed-major, so a study cut short still compares every method on every
+space. The results are rewritten after each run: ``<out>/<name>.json``, ``.md`` and ``.png``.
 
     python examples/collapse_study.py                                  # S2 and S3, 3 seeds, 6 methods
     python examples/collapse_study.py --spaces s2 --methods darts prdarts --seeds 0 --search-epochs 4
@@ -119,9 +119,11 @@ def run_one(method: str, space: str, seed: int, sizes: Sizes, tmp: str) -> dict[
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (space, method), in the order the rows came: seeds, mean parameter-free count and accuracies."""
+    """Per (space, method), grouped by space: seeds, mean parameter-free count and accuracies."""
     out = []
-    for space, method in dict.fromkeys((r["space"], r["method"]) for r in rows):
+    spaces = list(dict.fromkeys(r["space"] for r in rows))
+    pairs = sorted(dict.fromkeys((r["space"], r["method"]) for r in rows), key=lambda k: spaces.index(k[0]))
+    for space, method in pairs:  # by space, then in the order the methods ran
         rs = [r for r in rows if r["space"] == space and r["method"] == method]
         acc = [r["derived_acc"] for r in rs]
         out.append(dict(space=space, method=method, seeds=[r["seed"] for r in rs],
@@ -233,17 +235,34 @@ def write_results(rows: Sequence[dict[str, Any]], info: dict[str, Any], stem: st
     return result
 
 
+def finished_rows(stem: str, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of an earlier ``stem.json`` written with the same settings (for ``--resume``), else none."""
+    if not os.path.isfile(stem + ".json"):
+        return []
+    with open(stem + ".json") as f:
+        earlier = json.load(f)
+    same = {k: v for k, v in earlier["settings"].items() if k not in ("methods", "spaces", "seeds", "runs_planned")}
+    mine = {k: v for k, v in info.items() if k not in ("methods", "spaces", "seeds", "runs_planned")}
+    if same != mine:
+        raise ValueError(f"{stem}.json was written with other settings; drop --resume or pick another --name")
+    return earlier["rows"]
+
+
 def run_study(methods: Sequence[str], spaces: Sequence[str], seeds: Sequence[int], sizes: Sizes,
-              stem: str) -> dict[str, Any]:
-    """Every (space, seed, method), space-major then seed-major; results rewritten after each run."""
+              stem: str, resume: bool = False) -> dict[str, Any]:
+    """Every (seed, space, method), seed-major so a study cut short has every method on every space;
+    results rewritten after each run. ``resume``: keep the runs an earlier ``stem.json`` already holds."""
     info = settings(sizes, dict(methods=list(methods), spaces=list(spaces), seeds=list(seeds),
                                 runs_planned=len(methods) * len(spaces) * len(seeds)))
-    rows: list[dict[str, Any]] = []
+    rows = finished_rows(stem, info) if resume else []
+    done = {(r["space"], r["method"], r["seed"]) for r in rows}
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for space in spaces:
-            for seed in seeds:
+        for seed in seeds:
+            for space in spaces:
                 for method in methods:
+                    if (space, method, seed) in done:
+                        continue
                     rows.append(run_one(method, space, seed, sizes, tmp))
                     r = rows[-1]
                     print(f"[{len(rows)}/{info['runs_planned']}] {space} {method} seed {seed}: "
@@ -275,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", default=os.path.join("benchmarks", "results"))
     parser.add_argument("--name", default=f"collapse-s2s3-{time.strftime('%Y%m%d')}", help="file stem under --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in --out/--name.json (same settings) and do the rest")
     parser.add_argument("--redraw", metavar="JSON", help="only rewrite the table and plot of this results file")
     args = parser.parse_args(argv)
     if args.redraw:
@@ -286,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sizes = Sizes(search_epochs=args.search_epochs, batch_size=args.batch_size, image_size=args.image_size, C=args.C,
                   layers=args.layers, nasnet_layers=args.nasnet_layers, train_epochs=args.train_epochs,
                   train_C=args.train_C, train_layers=args.train_layers, train_image_size=args.train_image_size)
-    run_study(args.methods, args.spaces, args.seeds, sizes, os.path.join(args.out, args.name))
+    run_study(args.methods, args.spaces, args.seeds, sizes, os.path.join(args.out, args.name), args.resume)
 
 
 if __name__ == "__main__":

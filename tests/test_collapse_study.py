@@ -20,9 +20,10 @@ def study():
 
 
 def test_one_run_writes_table_json_and_plot(study, tmp_path):
-    study.main(["--spaces", "s3", "--methods", "darts", "--seeds", "0", "--search-epochs", "1", "--train-epochs", "1",
-                "--C", "2", "--layers", "3", "--train-C", "4", "--train-layers", "3", "--train-image-size", "8",
-                "--out", str(tmp_path), "--name", "study"])
+    args = ["--spaces", "s3", "--methods", "darts", "--seeds", "0", "--search-epochs", "1", "--train-epochs", "1",
+            "--C", "2", "--layers", "3", "--train-C", "4", "--train-layers", "3", "--train-image-size", "8",
+            "--out", str(tmp_path), "--name", "study"]
+    study.main(args)
     with open(tmp_path / "study.json") as f:
         result = json.load(f)
     assert result["runs_planned"] == result["runs_done"] == 1
@@ -42,6 +43,10 @@ def test_one_run_writes_table_json_and_plot(study, tmp_path):
     (tmp_path / "study.md").unlink()
     study.main(["--redraw", str(tmp_path / "study.json")])  # the table and plot again, from the JSON alone
     assert (tmp_path / "study.md").read_text() == table
+    study.main(args + ["--resume"])  # every run is in the JSON already: nothing reruns
+    assert json.loads((tmp_path / "study.json").read_text())["rows"] == result["rows"]
+    with pytest.raises(ValueError, match="other settings"):
+        study.main([*args[:-4], "--search-epochs", "2", "--out", str(tmp_path), "--name", "study", "--resume"])
 
 
 def test_methods_outside_their_spaces_search_the_same_cells(study, tmp_path):
