@@ -8,8 +8,12 @@ cell with the ``digits-train`` recipe (epochs, and optionally width/cells, cut) 
 held-out accuracy. Runs go seed-major, so a study cut short still compares every method on every
 space. The results are rewritten after each run: ``<out>/<name>.json``, ``.md`` and ``.png``.
 
-    python examples/collapse_study.py                                  # S2 and S3, 3 seeds, 6 methods
+    python examples/collapse_study.py            # S2, S3 × seeds 0-2 × 6 methods: ~55 CPU-minutes, 1 thread
+    python examples/collapse_study.py --resume   # continue a study cut short (same settings)
     python examples/collapse_study.py --spaces s2 --methods darts prdarts --seeds 0 --search-epochs 4
+    python examples/collapse_study.py --redraw benchmarks/results/collapse-s2s3-20261202.json
+
+The defaults are the settings of ``benchmarks/results/collapse-s2s3-20261202.*``.
 
 RobustDARTS' S2 (skip_connect, sep_conv_3x3 on every edge) and S3 (none, skip_connect,
 sep_conv_3x3) are where DARTS' collapse to skips is strongest. PR-DARTS, DropNAS and GDAS list only
@@ -56,7 +60,7 @@ class Sizes:
     C: int = 4
     layers: int = 5  # quark0 supernet: reductions after cells 1 and 3
     nasnet_layers: int = 3  # NASNet-super has 3N cells: N=1 is [normal, reduce, reduce]
-    train_epochs: int = 4
+    train_epochs: int = 6  # of the recipe's 20: what the 2-core CPU budget of the committed study allowed
     train_C: int | None = None  # None: the digits-train recipe's value
     train_layers: int | None = None
     train_image_size: int | None = None
