@@ -74,6 +74,10 @@ def _cmd_search(args) -> int:
     from fastdarts.search import search
 
     result = search(cfg, resume=bool(args.resume))
+    from fastdarts.distributed import env_rank
+
+    if env_rank() != 0:  # torchrun: rank 0 draws the plots and prints the summary
+        return 0
     from fastdarts.summary import search_summary
     from fastdarts.viz import plot_run
 

@@ -82,6 +82,8 @@ class SearchConfig:
     amp: str = "off"
     # Also write the checkpoint every N steps within an epoch (None: at epoch ends only); resume is exact.
     checkpoint_every: int | None = None
+    # torchrun runs (CUDA): BatchNorm statistics over all ranks' samples (SyncBatchNorm) instead of per rank.
+    sync_bn: bool = False
 
 
 @dataclass

@@ -190,6 +190,13 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every BatchNorm layer replaced by a :class:`torch.nn.SyncBatchNorm` that keeps its
+    parameters and running statistics (``sync_bn=true``): batch statistics over all ranks' samples,
+    as one process on the global batch computes them. SyncBatchNorm runs on CUDA only."""
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
 def barrier() -> None:
     """Wait until every rank gets here (a no-op outside a group)."""
     if is_distributed():

@@ -17,6 +17,18 @@ A run resumed from its checkpoint continues bit for bit on CPU: every epoch's ba
 depend only on (seed, epoch), and the checkpoint holds the RNG state, the weights, the
 architecture tensors and the optimiser states.
 
+Several processes (``torchrun --nproc_per_node=N -m fastdarts search ...``, or ``search`` called
+with the torchrun environment set, ``WORLD_SIZE > 1``): ``data.batch_size`` is the global batch,
+each rank takes its contiguous slice of every batch (:meth:`fastdarts.data.EpochLoader.shard`) and
+the method averages every gradient over the ranks where it is formed (:mod:`fastdarts.distributed`),
+so weights, architecture tensors, optimiser states and sampled gates (one gate seed, broadcast from
+rank 0) are the same on every rank after every step, and so is the genotype. Rank 0 alone logs and
+writes the run directory; the other ranks log warnings only. The metric reads sum the ranks' metrics
+(one all_reduce per read), so the non-finite check stops every rank at the same step. ``sync_bn=true``
+(CUDA) turns the supernet's BatchNorm into SyncBatchNorm; without it each rank normalises with its
+own slice's statistics. Ctrl-C is not caught there: torchrun stops the ranks at once, and
+``--resume`` continues from the last checkpoint (``checkpoint_every`` bounds the steps redone).
+
 Host reads: the step metrics (loss, accuracy, architecture loss) are summed on the device and
 read by the host once per ``log_every`` steps (default 50) and at each epoch end, in one small
 copy; nothing in the loop waits for the device in between. The non-finite check rides on that
@@ -65,12 +77,25 @@ from fastdarts.config import (
 )
 from fastdarts.data import build_search_data
 from fastdarts.determinism import deterministic_mode
+from fastdarts.distributed import (
+    all_reduce_,
+    barrier,
+    broadcast_object,
+    broadcast_tensors_,
+    env_world_size,
+    is_distributed,
+    is_main,
+    process_group,
+    rank,
+    sync_batchnorm,
+    world_size,
+)
 from fastdarts.genotype import save_genotype
 from fastdarts.methods import get_method
 from fastdarts.spaces import build_supernet
 from fastdarts.spaces.imagenet import check_image_size
 from fastdarts.subsets import SUBSETS_FILE, save_subsets
-from fastdarts.validate import check_run_dir, resolve_device, validate_search_config
+from fastdarts.validate import check_run_dir, check_world_size, validate_search_config
 from fastdarts.viz import log_arch_figures
 
 log = logging.getLogger("fastdarts")
@@ -84,10 +109,13 @@ RESUME_KEYS = ("method", "space", "supernet", "stem", "C", "layers", "seed", "op
 
 @dataclass
 class SearchResult:
+    """What :func:`search` returns (on every rank of a multi-process search, with equal values)."""
+
     genotype: object
     run_dir: str
     test_acc: float
     history: list = field(default_factory=list)
+    arch: list = field(default_factory=list)  # final architecture tensors, CPU copies, arch_parameters() order
 
 
 def get_logger(run_dir: str, filename: str = "search.log") -> logging.Logger:
@@ -102,6 +130,22 @@ def get_logger(run_dir: str, filename: str = "search.log") -> logging.Logger:
         h.setFormatter(fmt)
         h._fastdarts = True
         log.addHandler(h)
+    log.propagate = False
+    return log
+
+
+def get_rank_logger() -> logging.Logger:
+    """The ``fastdarts`` logger of a rank other than 0: warnings and errors only, on the console, tagged
+    with the rank (rank 0 writes the log)."""
+    log.setLevel(logging.WARNING)
+    for h in list(log.handlers):
+        if getattr(h, "_fastdarts", False):
+            log.removeHandler(h)
+            h.close()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank()}] %(message)s", "%H:%M:%S"))
+    handler._fastdarts = True
+    log.addHandler(handler)
     log.propagate = False
     return log
 
@@ -211,11 +255,25 @@ class _EpochMetrics:
         self.sums[: len(parts)] += torch.stack([t.to(torch.float64) for t in parts])
 
     def state_dict(self) -> dict:
-        """The partial epoch's sums and counts, for a mid-epoch checkpoint (call after :meth:`read`)."""
-        return {"sums": self.sums.cpu(), "steps": self.steps, "arch_steps": self.arch_steps}
+        """The partial epoch's sums and counts, for a mid-epoch checkpoint (call after :meth:`read`).
+
+        A multi-process search saves one row of sums per rank (every rank calls this: the rows are
+        gathered by a sum of zero-padded rows, which is exact), so that a resume with as many ranks
+        continues every rank's own sums and the epoch's metrics come out bit for bit the same.
+        """
+        sums = self.sums
+        if is_distributed():
+            sums = torch.zeros(world_size(), sums.numel(), dtype=sums.dtype, device=sums.device)
+            sums[rank()] = self.sums
+            all_reduce_(sums)
+        return {"sums": sums.cpu(), "steps": self.steps, "arch_steps": self.arch_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sums.copy_(state["sums"])
+        saved = state["sums"].reshape(-1, self.sums.numel())  # one row per rank that saved it
+        if saved.shape[0] == world_size():
+            self.sums.copy_(saved[rank()])
+        else:  # resumed with another number of ranks: rank 0 carries the total on
+            self.sums.copy_(saved.sum(0) if rank() == 0 else torch.zeros_like(self.sums))
         self.steps, self.arch_steps = int(state["steps"]), int(state["arch_steps"])
 
     def note_bad(self, names: tuple[str, ...], bad: torch.Tensor, step: int) -> None:
@@ -229,11 +287,18 @@ class _EpochMetrics:
         self.bad_flags = torch.where(first, bad, self.bad_flags)
 
     def read(self) -> tuple[list[float], int | None, list[str]]:
-        """(sums, first bad step or None, names of its non-finite quantities); resets the bad record."""
+        """(sums, first bad step or None, names of its non-finite quantities); resets the bad record.
+
+        In a multi-process search the sums are those of all ranks, with the loss sums divided by the
+        number of ranks (means of the ranks' batch means), and the bad step is the first on any rank.
+        """
         parts = [self.sums]
         if self.bad_step is not None:
             parts += [self.bad_step.to(torch.float64).reshape(1), self.bad_flags.to(torch.float64)]
-        host = torch.cat(parts).tolist()  # the one device→host copy of this interval
+        values = torch.cat(parts)
+        if is_distributed():
+            values = _reduce_metrics(values)
+        host = values.tolist()  # the one device→host copy of this interval
         sums, step, bad = host[:4], None, []
         if self.bad_step is not None and host[4] >= 0:
             step = int(host[4])
@@ -248,6 +313,22 @@ class _EpochMetrics:
             raise _nonfinite_error(bad, epoch, bad_step, ckpt_path, os.path.isfile(ckpt_path),
                                    f" (seen at the metric read after step {step}, log_every={log_every})")
         return sums
+
+
+def _reduce_metrics(values: torch.Tensor) -> torch.Tensor:
+    """:meth:`_EpochMetrics.read`'s vector (4 sums, then optionally the bad step and flags) over all ranks:
+    the sums added (losses then divided by the ranks), the first bad step and every flag raised."""
+    sums = all_reduce_(values[:4].clone())
+    sums[0] /= world_size()
+    sums[3] /= world_size()
+    if values.numel() == 4:
+        return sums
+    # MAX of −step is −(the smallest bad step); a rank without one sends −inf.
+    bad = values[4:].clone()
+    bad[0] = torch.where(bad[0] >= 0, -bad[0], torch.full_like(bad[0], -math.inf))
+    all_reduce_(bad, "max")
+    bad[0] = torch.where(torch.isfinite(bad[0]), -bad[0], torch.full_like(bad[0], -1.0))
+    return torch.cat([sums, bad])
 
 
 class _StepUndo:
@@ -310,15 +391,19 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
     device = validate_search_config(cfg)
     # Method defaults fill what the config leaves at None (batch size, epochs, cells, optimisers).
     cfg = resolve_search_config(cfg)
+    check_world_size(cfg.data.batch_size, env_world_size())
     if resume and not cfg.run_dir:
         raise ValueError("resume=True needs run_dir= pointing at the run to continue")
-    cfg.run_dir = cfg.run_dir or _default_run_dir(cfg)
-    check_run_dir(cfg.run_dir, resume=resume, checkpoint=CHECKPOINT)
-    with deterministic_mode(cfg.deterministic, device), CtrlC() as ctrl_c:
-        try:
-            return _search(cfg, resume, ctrl_c)
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(interrupted_message(cfg.run_dir, cfg.epochs)) from None
+    with process_group(device) as device:
+        # One run directory for all ranks (a default one carries rank 0's clock).
+        cfg.run_dir = broadcast_object(cfg.run_dir or _default_run_dir(cfg))
+        check_run_dir(cfg.run_dir, resume=resume, checkpoint=CHECKPOINT)
+        # Under torchrun a Ctrl-C stops every rank at once (see the module docstring).
+        with deterministic_mode(cfg.deterministic, device), CtrlC(enabled=not is_distributed()) as ctrl_c:
+            try:
+                return _search(cfg, resume, ctrl_c, device)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(interrupted_message(cfg.run_dir, cfg.epochs)) from None
 
 
 class CtrlC:
@@ -326,16 +411,18 @@ class CtrlC:
     the step in progress, writes a mid-epoch checkpoint and stops (a resume continues exactly
     there); a second one, or one outside the steps (data loading, evaluation), stops at once.
 
-    Installed only from the main thread (Python delivers signals there); a no-op elsewhere.
+    Installed only from the main thread (Python delivers signals there) and when ``enabled``; a no-op
+    otherwise.
     """
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
         self.armed = False  # True while the epoch loop runs its steps
         self.requested = False
         self._previous = None
 
     def __enter__(self) -> CtrlC:
-        if threading.current_thread() is threading.main_thread():
+        if self.enabled and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -407,8 +494,19 @@ def _checkpoint_state(cfg: SearchConfig, model: torch.nn.Module, method, device:
     return state
 
 
-def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC) -> SearchResult:
-    """The search itself, on a validated and resolved config (see :func:`search`)."""
+def _share_rank0_state(model: torch.nn.Module, method) -> None:
+    """Rank 0's weights, buffers, architecture tensors and gate seed/counter on every rank (a no-op in one
+    process). The ranks built them from the same seed; this makes their equality a fact, not a hope."""
+    if not is_distributed():
+        return
+    broadcast_tensors_([*model.parameters(), *model.buffers(), *model.arch_parameters()])
+    gates = getattr(method, "gates", None)
+    if gates is not None:
+        gates.load_state_dict(broadcast_object(gates.state_dict()))
+
+
+def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC, device: torch.device) -> SearchResult:
+    """The search itself, on a validated and resolved config, on this rank's ``device`` (see :func:`search`)."""
     cfg = resolve_search_config(cfg)  # idempotent: a resolved config resolves to itself
     check_search_config(cfg)
     _check_loop_options(cfg)
@@ -416,7 +514,7 @@ def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC) -> SearchResult:
     method_cls = get_method(cfg.method)
     run_dir = cfg.run_dir
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
-    device = resolve_device(cfg.device)
+    main = is_main()  # rank 0 (or the only process) logs and writes the run directory
     torch.manual_seed(cfg.seed)
     # method_options: keys the method knows as hyper-parameters (its DEFAULTS) tune the method,
     # the others (e.g. PC-DARTS' k) configure its supernet.
@@ -431,26 +529,41 @@ def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC) -> SearchResult:
     data = build_search_data(cfg.data, cfg.seed, single_level=single_level, subsets_file=subsets_path)
     if cfg.stem == "imagenet":
         check_image_size(data.image_size)
+    if is_distributed():  # each rank trains on its slice of every global batch
+        data.train.shard(rank(), world_size())
+        data.valid.shard(rank(), world_size())
     model = build_supernet(cfg.space, cfg.method, cfg.C, data.num_classes, cfg.layers, supernet=cfg.supernet,
                            stem=cfg.stem, backend=cfg.backend, recompute=cfg.recompute,
                            in_channels=data.in_channels, **net_options).to(device)
+    if cfg.sync_bn and is_distributed():
+        model = sync_batchnorm(model)
     if compiled:
         compile_supernet(model, device)
     method = method_cls(model, hyper)
     method.set_amp(cfg.amp)
     epochs = hyper["epochs"]
     resume_state = _resume_state(ckpt_path, cfg, model, method) if resume else None
+    # Every rank has read the run directory (subsets, checkpoint) before rank 0 writes into it.
+    barrier()
     # Only now, with the data, the supernet and the checkpoint checked, is the run directory touched.
-    os.makedirs(os.path.join(run_dir, "genotypes"), exist_ok=True)
-    logger = get_logger(run_dir)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    if main:
+        os.makedirs(os.path.join(run_dir, "genotypes"), exist_ok=True)
+        logger = get_logger(run_dir)
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    else:
+        logger = get_rank_logger()
     logger.info("run dir %s | method %s | space %s | data %s (%d/%d/%d images) | device %s | %d epochs",
                 run_dir, cfg.method, cfg.space, cfg.data.name, data.train.num_samples, data.valid.num_samples,
                 data.test.num_samples, device, epochs)
+    if is_distributed():
+        logger.info("%d ranks: global batch %d, %d per rank; sync_bn %s", world_size(), cfg.data.batch_size,
+                    cfg.data.batch_size // world_size(), "on" if cfg.sync_bn else "off (per-rank BatchNorm statistics)")
+    elif cfg.sync_bn:
+        logger.info("sync_bn=true has no effect in a single process")
     logger.info("hyper-parameters: %s", hyper)
     if data.subsets is not None:
-        if not data.subsets_reused:
+        if not data.subsets_reused and main:
             save_subsets(subsets_path, data.subsets)
         logger.info("weight / architecture images: %d / %d, %s %s", data.train.num_samples, data.valid.num_samples,
                     "listed in" if data.subsets_reused else "drawn from the seed and saved to", subsets_path)
@@ -473,23 +586,25 @@ def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC) -> SearchResult:
         else:
             logger.info("resumed from %s: epoch %d/%d was done, continuing with epoch %d", ckpt_path, start_epoch,
                         epochs, start_epoch + 1)
+    _share_rank0_state(model, method)
 
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(os.path.join(run_dir, "tb"))
     csv_path = os.path.join(run_dir, "metrics.csv")
     fields = ["epoch", "lr", "train_loss", "train_acc", "arch_loss", "seconds", "genotype"]
-    if not resume or not os.path.isfile(csv_path):
-        with open(csv_path, "w", newline="") as f:
-            csv.writer(f).writerow(fields)
-    else:
-        trim_metrics_csv(csv_path, start_epoch)
-
     history_path = os.path.join(run_dir, HISTORY_FILE)
-    arch_hist = ArchHistory.resume(history_path, start_epoch) if resume else ArchHistory.empty()
-    if not len(arch_hist):  # entry 0: the initialisation (or the resumed state of a run without a history)
-        arch_hist.append(start_epoch, arch_views(model))
-        arch_hist.save(history_path)
+    writer = arch_hist = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(os.path.join(run_dir, "tb"))
+        if not resume or not os.path.isfile(csv_path):
+            with open(csv_path, "w", newline="") as f:
+                csv.writer(f).writerow(fields)
+        else:
+            trim_metrics_csv(csv_path, start_epoch)
+        arch_hist = ArchHistory.resume(history_path, start_epoch) if resume else ArchHistory.empty()
+        if not len(arch_hist):  # entry 0: the initialisation (or the resumed state of a run without a history)
+            arch_hist.append(start_epoch, arch_views(model))
+            arch_hist.save(history_path)
     genotype = model.genotype()
     arch = model.arch_parameters()
     arch_names = model.arch_names() if hasattr(model, "arch_names") else [str(i) for i in range(len(arch))]
@@ -498,10 +613,12 @@ def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC) -> SearchResult:
     def save_mid_epoch(epoch: int, next_step: int, valid_pos: int, acc: _EpochMetrics, t0: float) -> None:
         """Steps 0 .. next_step-1 are done: a mid-epoch checkpoint, checked for non-finite values first."""
         acc.read_checked(epoch, next_step - 1, ckpt_path, cfg.log_every)
-        save_checkpoint(ckpt_path, _checkpoint_state(
-            cfg, model, method, device, epoch - 1, history, skipped,
-            {"epoch": epoch, "step": next_step, "valid_pos": valid_pos, "metrics": acc.state_dict(),
-             "seconds": time.time() - t0}))
+        metrics_state = acc.state_dict()  # on every rank: the sums of all ranks
+        if main:
+            save_checkpoint(ckpt_path, _checkpoint_state(
+                cfg, model, method, device, epoch - 1, history, skipped,
+                {"epoch": epoch, "step": next_step, "valid_pos": valid_pos, "metrics": metrics_state,
+                 "seconds": time.time() - t0}))
 
     def stop_if_asked(epoch: int, step: int, valid_pos: int, acc: _EpochMetrics, t0: float) -> None:
         """After a step: on a pending Ctrl-C, checkpoint here and stop (at the last step the epoch ends first)."""
@@ -531,7 +648,7 @@ def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC) -> SearchResult:
             valid_iter = iter(data.valid.iterate(epoch, start=valid_pos))
 
         bar = tqdm(data.train.iterate(epoch, start=first), desc=f"epoch {epoch + 1}/{epochs}", total=len(data.train),
-                   initial=first, leave=False, dynamic_ncols=True)
+                   initial=first, leave=False, dynamic_ncols=True, disable=not main)
         step = first - 1
         for step, (xt, yt) in enumerate(bar, start=first):
             if cfg.checkpoint_every and step > first and step % cfg.checkpoint_every == 0:
@@ -552,8 +669,9 @@ def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC) -> SearchResult:
             metrics = method.step(batch_t, batch_v, step)
             names, bad = _finite_flags(metrics, arch, arch_names)
             if undo is not None:
-                # skip: this step's flags are read now (one small copy per step), to undo it at once.
-                flags = bad.tolist()
+                # skip: this step's flags are read now (one small copy per step), to undo it at once;
+                # every rank undoes a step that was bad on any rank.
+                flags = all_reduce_(bad.to(torch.float32), "max").tolist() if is_distributed() else bad.tolist()
                 if any(flags):
                     undo.restore()
                     skipped += 1
@@ -589,26 +707,31 @@ def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC) -> SearchResult:
             "genotype": str(genotype.to_dict()),
         }
         history.append({k: v for k, v in row.items() if k != "genotype"})
-        with open(csv_path, "a", newline="") as f:
-            csv.writer(f).writerow([row[k] for k in fields])
-        for k in ("lr", "train_loss", "train_acc", "arch_loss"):
-            writer.add_scalar(f"search/{k}", row[k], epoch)
-        save_genotype(genotype, os.path.join(run_dir, "genotypes", f"epoch_{epoch:03d}.json"))
-        save_genotype(genotype, os.path.join(run_dir, "genotype.json"))
-        views = arch_views(model)
-        arch_hist.append(epoch + 1, views)
-        arch_hist.save(history_path)  # before the checkpoint: a resume drops an entry the checkpoint lacks
-        log_arch_figures(writer, views, genotype, run_dir, cfg.method, epoch + 1, epochs)
+        if main:
+            with open(csv_path, "a", newline="") as f:
+                csv.writer(f).writerow([row[k] for k in fields])
+            for k in ("lr", "train_loss", "train_acc", "arch_loss"):
+                writer.add_scalar(f"search/{k}", row[k], epoch)
+            save_genotype(genotype, os.path.join(run_dir, "genotypes", f"epoch_{epoch:03d}.json"))
+            save_genotype(genotype, os.path.join(run_dir, "genotype.json"))
+            views = arch_views(model)
+            arch_hist.append(epoch + 1, views)
+            arch_hist.save(history_path)  # before the checkpoint: a resume drops an entry the checkpoint lacks
+            log_arch_figures(writer, views, genotype, run_dir, cfg.method, epoch + 1, epochs)
         logger.info("epoch %d/%d lr %.5f loss %.4f acc %.2f%% arch_loss %.4f (%.1fs)", epoch + 1, epochs, row["lr"],
                     row["train_loss"], row["train_acc"], row["arch_loss"], row["seconds"])
         logger.info("genotype %s", genotype.to_dict())
-        save_checkpoint(ckpt_path, _checkpoint_state(cfg, model, method, device, epoch, history, skipped))
+        if main:
+            save_checkpoint(ckpt_path, _checkpoint_state(cfg, model, method, device, epoch, history, skipped))
         if ctrl_c.requested:  # it came during the epoch's last step: stop at its checkpoint
             raise KeyboardInterrupt
     ctrl_c.armed = False  # from here (evaluation, plots) Ctrl-C stops at once
-    writer.close()
+    if writer is not None:
+        writer.close()
 
-    test_acc = evaluate(model, data.test, device)
+    test_acc = evaluate(model, data.test, device)  # every rank evaluates the whole (equal) supernet
     logger.info("held-out accuracy of the supernet: %.2f%% (%d images)", test_acc, data.test.num_samples)
     logger.info("final genotype: %s", genotype.to_dict())
-    return SearchResult(genotype=genotype, run_dir=run_dir, test_acc=test_acc, history=history)
+    barrier()  # rank 0's last checkpoint is written before any rank returns (and leaves the group)
+    arch = [t.detach().cpu().clone() for t in model.arch_parameters()]
+    return SearchResult(genotype=genotype, run_dir=run_dir, test_acc=test_acc, history=history, arch=arch)

@@ -333,11 +333,21 @@ def validate_search_config(cfg: Any) -> torch.device:
     device = resolve_device(cfg.device)
     check_backend(cfg.backend, device)
     check_amp(getattr(cfg, "amp", "off"), device)
+    if getattr(cfg, "sync_bn", False) and device.type != "cuda":
+        raise ValueError(f"sync_bn=true needs CUDA GPUs (SyncBatchNorm does not run on {device.type} or with the "
+                         "gloo backend); set sync_bn=false")
     every = getattr(cfg, "checkpoint_every", None)
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ValueError(f"checkpoint_every must be an integer >= 1 (steps between checkpoints) or null "
                          f"(epoch ends only), got {every!r}")
     return device
+
+
+def check_world_size(batch_size: int, world: int) -> None:
+    """Refuse a multi-process search whose global ``data.batch_size`` the number of ranks does not divide."""
+    if world > 1 and batch_size % world:
+        raise ValueError(f"data.batch_size={batch_size} is the global batch and must be divisible by the {world} "
+                         f"ranks torchrun started (WORLD_SIZE={world}); use a multiple of {world}")
 
 
 AMP_MODES = ("off", "bf16", "fp16")
