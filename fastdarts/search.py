@@ -377,13 +377,18 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
         resume: continue from ``run_dir/checkpoint.pt`` (``run_dir`` must be set).
 
     Returns:
-        :class:`SearchResult` with the final genotype, the run directory and the held-out
-        top-1 accuracy (%) of the supernet.
+        :class:`SearchResult` with the final genotype, the run directory, the held-out
+        top-1 accuracy (%) of the supernet and the final architecture tensors (CPU copies).
+
+    With torchrun's environment (``WORLD_SIZE > 1``) every rank calls this: it joins the process
+    group, searches on its slice of each global batch and leaves the group; every rank returns the
+    same result, rank 0 alone writes the run directory (see the module docstring).
 
     Raises:
-        ValueError, TypeError, FileNotFoundError, FileExistsError: bad input, before anything is
-            written (:mod:`fastdarts.validate`; the run directory is created only once the data,
-            the supernet and, on resume, the checkpoint have been checked).
+        ValueError, TypeError, FileNotFoundError, FileExistsError: bad input (also a global batch the
+            ranks do not divide, ``sync_bn=true`` off CUDA), before anything is written
+            (:mod:`fastdarts.validate`; the run directory is created only once the data, the
+            supernet and, on resume, the checkpoint have been checked).
         CheckpointWriteError: a checkpoint could not be written (the previous one is intact).
         KeyboardInterrupt: Ctrl-C; its message says which epoch the checkpoint holds and how to resume.
     """
