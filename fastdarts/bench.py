@@ -319,17 +319,23 @@ def write_jpeg_folder(root: str, classes: int, per_class: int, px: int, seed: in
     return root
 
 
-def bench_pipeline(root: str, *, image_size: int = 224, batch: int = 32, workers=PIPELINE_WORKERS,
+def bench_pipeline(root: str, *, image_size: int = 224, batch: int = 32, workers=None,
                    repeats: int = 3) -> list[dict]:
     """Images/s of the ImageFolder training loader for each DataLoader worker count (0: also at 1 thread).
 
-    The loader is the one a folder search uses for its weight split (``pcdarts-imagenet``): PIL decode,
-    RandomResizedCrop(scale 0.08..1, ratio 3/4..4/3) to ``image_size`` + flip, normalisation, batches
-    assembled by :class:`fastdarts.data.EpochLoader`. One repeat is one full epoch (a different epoch
-    each time, so different crops), timed from the first ``iter`` to the last batch: worker start-up
-    is included, as a search pays it every epoch; one batch is read untimed first.
+    ``workers`` defaults to :data:`PIPELINE_WORKERS` and the default count ``data.num_workers`` resolves
+    to here. The loader is the one a folder search uses for its weight split (``pcdarts-imagenet``): PIL
+    decode, RandomResizedCrop(scale 0.08..1, ratio 3/4..4/3) to ``image_size`` + flip, normalisation,
+    batches assembled by :class:`fastdarts.data.EpochLoader`. One repeat is one full epoch (a different
+    epoch each time, so different crops), timed from the first ``iter`` to the last batch. The workers
+    persist across epochs, as in a search: their start-up falls in the first repeat only. One batch is
+    read untimed first.
     """
     from fastdarts.data import DataConfig, build_train_data
+    from fastdarts.data.config import resolve_num_workers
+
+    if workers is None:
+        workers = sorted({*PIPELINE_WORKERS, resolve_num_workers(None, "imagefolder")})
 
     # In-process decoding runs at the process's torch thread count and at 1: per-image normalisation on
     # several intra-op threads is much slower when the cores are shared. DataLoader workers use 1 thread each.
@@ -350,6 +356,7 @@ def bench_pipeline(root: str, *, image_size: int = 224, batch: int = 32, workers
                 rates.append(n / (time.perf_counter() - t0))
         finally:
             torch.set_num_threads(process_threads)
+            loader.close()
         records.append(dict(name="imagefolder_train", workers=w, decode_threads=threads, batch=batch,
                             image_size=image_size, images_per_epoch=loader.num_samples, repeats=repeats,
                             images_per_s=statistics.median(rates), images_per_s_all=rates))

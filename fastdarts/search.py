@@ -44,6 +44,7 @@ the run stops at the first bad step after ``max_skipped`` (default 10) were skip
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -157,7 +158,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device) -> float:
     model.eval()
     correct = total = 0
     for x, y in loader:
-        out = model(x.to(device))
+        out = model(x.to(device, non_blocking=True))
         logits = out[0] if isinstance(out, tuple) else out
         correct += (logits.argmax(1).cpu() == y).sum().item()
         total += y.numel()
@@ -404,9 +405,11 @@ def search(config=None, *, resume: bool = False) -> SearchResult:
         cfg.run_dir = broadcast_object(cfg.run_dir or _default_run_dir(cfg))
         check_run_dir(cfg.run_dir, resume=resume, checkpoint=CHECKPOINT)
         # Under torchrun a Ctrl-C stops every rank at once (see the module docstring).
-        with deterministic_mode(cfg.deterministic, device), CtrlC(enabled=not is_distributed()) as ctrl_c:
+        # cleanup: stops the data loaders' worker processes however the search ends.
+        with deterministic_mode(cfg.deterministic, device), CtrlC(enabled=not is_distributed()) as ctrl_c, \
+                contextlib.ExitStack() as cleanup:
             try:
-                return _search(cfg, resume, ctrl_c, device)
+                return _search(cfg, resume, ctrl_c, device, cleanup)
             except KeyboardInterrupt:
                 raise KeyboardInterrupt(interrupted_message(cfg.run_dir, cfg.epochs)) from None
 
@@ -510,8 +513,10 @@ def _share_rank0_state(model: torch.nn.Module, method) -> None:
         gates.load_state_dict(broadcast_object(gates.state_dict()))
 
 
-def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC, device: torch.device) -> SearchResult:
-    """The search itself, on a validated and resolved config, on this rank's ``device`` (see :func:`search`)."""
+def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC, device: torch.device,
+            cleanup: contextlib.ExitStack) -> SearchResult:
+    """The search itself, on a validated and resolved config, on this rank's ``device`` (see :func:`search`);
+    ``cleanup`` closes the data loaders when the caller's ``with`` ends."""
     cfg = resolve_search_config(cfg)  # idempotent: a resolved config resolves to itself
     check_search_config(cfg)
     _check_loop_options(cfg)
@@ -531,7 +536,9 @@ def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC, device: torch.device
     single_level = bool(hyper.get("single_level", method_cls.single_level))
     # ImageFolder: the weight/architecture file lists of an earlier start of this run are reused.
     subsets_path = os.path.join(run_dir, SUBSETS_FILE)
-    data = build_search_data(cfg.data, cfg.seed, single_level=single_level, subsets_file=subsets_path)
+    data = build_search_data(cfg.data, cfg.seed, single_level=single_level, subsets_file=subsets_path,
+                             pin_memory=device.type == "cuda")
+    cleanup.callback(data.close)
     if cfg.stem == "imagenet":
         check_image_size(data.image_size)
     if is_distributed():  # each rank trains on its slice of every global batch
@@ -558,9 +565,10 @@ def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC, device: torch.device
             yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
     else:
         logger = get_rank_logger()
-    logger.info("run dir %s | method %s | space %s | data %s (%d/%d/%d images) | device %s | %d epochs",
+    logger.info("run dir %s | method %s | space %s | data %s (%d/%d/%d images, %d loader workers) | device %s | "
+                "%d epochs",
                 run_dir, cfg.method, cfg.space, cfg.data.name, data.train.num_samples, data.valid.num_samples,
-                data.test.num_samples, device, epochs)
+                data.test.num_samples, data.train.num_workers, device, epochs)
     if is_distributed():
         logger.info("%d ranks: global batch %d, %d per rank; sync_bn %s", world_size(), cfg.data.batch_size,
                     cfg.data.batch_size // world_size(), "on" if cfg.sync_bn else "off (per-rank BatchNorm statistics)")

@@ -14,6 +14,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -122,17 +123,20 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
         raise ValueError("resume=True needs run_dir= pointing at the run to continue")
     run_dir = cfg.run_dir or _default_run_dir(cfg.genotype)
     check_run_dir(run_dir, resume=resume, checkpoint=CHECKPOINT)
-    with deterministic_mode(cfg.deterministic, device):
+    # cleanup: stops the data loaders' worker processes however the run ends.
+    with deterministic_mode(cfg.deterministic, device), contextlib.ExitStack() as cleanup:
         try:
-            return _train(cfg, genotype, run_dir, device, resume)
+            return _train(cfg, genotype, run_dir, device, resume, cleanup)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(interrupted_message(run_dir, cfg.epochs, "train")) from None
 
 
-def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resume: bool) -> TrainResult:
+def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resume: bool,
+           cleanup: contextlib.ExitStack) -> TrainResult:
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
     torch.manual_seed(cfg.seed)
-    data = build_train_data(cfg.data, cfg.seed)
+    data = build_train_data(cfg.data, cfg.seed, pin_memory=device.type == "cuda")
+    cleanup.callback(data.close)
     model = build_network(genotype, cfg.C, data.num_classes, cfg.layers, auxiliary=cfg.auxiliary,
                           in_channels=data.in_channels).to(device)
     params = sum(p.numel() for name, p in model.named_parameters() if "auxiliary" not in name)
@@ -154,7 +158,9 @@ def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resum
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start = state["epoch"] + 1
-    logger.info("training %s: %.2fM parameters, %d epochs, run dir %s", cfg.genotype, params / 1e6, cfg.epochs, run_dir)
+    logger.info("training %s: %.2fM parameters, %d epochs, run dir %s | data %s (%d/%d images, %d loader workers)",
+                cfg.genotype, params / 1e6, cfg.epochs, run_dir, cfg.data.name, data.train.num_samples,
+                data.test.num_samples, data.train.num_workers)
     csv_path = os.path.join(run_dir, "metrics.csv")
     if not resume or not os.path.isfile(csv_path):
         with open(csv_path, "w", newline="") as f:
@@ -175,7 +181,7 @@ def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resum
         data.train.set_epoch(epoch)
         total_loss = correct = count = 0
         for x, y in tqdm(data.train, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True):
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             logits, logits_aux = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)

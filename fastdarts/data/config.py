@@ -30,7 +30,9 @@ class DataConfig:
     cutout: int = 0  # cutout length in pixels (0 = off); training/architecture batches only
     subset: float = 1.0  # per-class fraction of all training images kept for the weight split
     arch_subset: float | None = None  # per-class fraction for the architecture split; None = all of it
-    num_workers: int = 0  # DataLoader workers (ImageFolder only; in-memory sets batch in-process)
+    # DataLoader worker processes (ImageFolder only; in-memory sets batch in-process and ignore it).
+    # None: min(8, CPU count) for an ImageFolder (resolve_num_workers); the count never changes the batches.
+    num_workers: int | None = None
     skip_corrupt: bool = False  # ImageFolder: drop unreadable images from their batch (logged) instead of stopping
 
     def __post_init__(self):
@@ -52,8 +54,23 @@ class DataConfig:
             raise ValueError(f"DataConfig.subset must be in (0, 1], got {self.subset}")
         if self.arch_subset is not None and not 0.0 < float(self.arch_subset) <= 1.0:
             raise ValueError(f"DataConfig.arch_subset must be in (0, 1] or None, got {self.arch_subset}")
-        if int(self.num_workers) < 0:
-            raise ValueError(f"DataConfig.num_workers must be >= 0, got {self.num_workers}")
+        if self.num_workers is not None:
+            if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int):
+                raise TypeError(f"DataConfig.num_workers must be an integer >= 0 or None, got "
+                                f"{type(self.num_workers).__name__} {self.num_workers!r}")
+            if self.num_workers < 0:
+                raise ValueError(f"DataConfig.num_workers must be an integer >= 0 or None, got {self.num_workers}")
+
+
+def resolve_num_workers(num_workers: int | None, kind: str) -> int:
+    """The DataLoader workers a source of ``kind`` gets: ``num_workers`` if set for an ImageFolder,
+    ``min(8, os.cpu_count())`` if None there, and 0 for the in-memory sources (digits, CIFAR), which
+    batch in this process whatever is set."""
+    if kind != "imagefolder":
+        return 0
+    if num_workers is None:
+        return min(8, os.cpu_count() or 1)
+    return int(num_workers)
 
 
 @dataclass
@@ -69,6 +86,11 @@ class SearchData:
     # were read from an existing subsets file (else the caller saves them in the run directory).
     subsets: dict | None = None
     subsets_reused: bool = False
+
+    def close(self) -> None:
+        """Stop the DataLoader workers of every split (ImageFolder with workers; else nothing to do)."""
+        for loader in (self.train, self.valid, self.test):
+            loader.close()
 
 
 @dataclass

@@ -7,6 +7,11 @@ batches therefore depend only on the run seed and the epoch number, so a search 
 checkpoint at an epoch boundary sees bit-identical data without saving any loader state; batch
 ``i`` of an epoch can be regenerated alone (``EpochLoader.iterate(epoch, start=i)``), so a mid-epoch
 resume is exact as well.
+
+Workers. An ImageFolder loader with ``num_workers > 0`` keeps one :class:`torch.utils.data.DataLoader`
+with persistent workers for its whole life (:class:`_WorkerStream`): each ``iterate`` /
+``random_batches`` call swaps the batch specs of its batch sampler (which runs in the main process,
+so the order stays the deterministic one) and restarts it. ``close()`` ends the workers.
 """
 
 from __future__ import annotations
@@ -22,16 +27,25 @@ from fastdarts.data.sampling import _TAG_AUGMENT, _TAG_RANDOM, _TAG_RANDOM_AUG, 
 if TYPE_CHECKING:
     from fastdarts.data.folder import _FolderDataset
 
-class _SpecBatchSampler:
-    """Turns ``(indices, aug_seed)`` batch specs into lists of ``(index, sample_seed)`` keys."""
+# Batches each worker keeps ready. Deep for small batches, where one slow image stalls a step; for
+# large ones the buffer is bounded by memory instead: a batch of 1024 images of 224 px is 0.6 GB of
+# shared memory, and 8 workers x 2 batches of it are already 10 GB.
+_PREFETCH_SMALL, _PREFETCH_LARGE, _LARGE_BATCH = 4, 2, 256
 
-    def __init__(self, specs, n_batches: int | None):
+
+class _SpecBatchSampler:
+    """Turns ``(indices, aug_seed, part)`` batch specs into lists of ``(index, sample_seed)`` keys.
+
+    ``specs`` is replaced before every ``iter()`` of the persistent DataLoader (:class:`_WorkerStream`).
+    """
+
+    def __init__(self, specs=(), n_batches: int | None = None):
         self.specs = specs
         self.n_batches = n_batches
 
     def __iter__(self):
-        for idx, aug_seed, part in self.specs:
-            yield _sample_keys(idx, aug_seed)[part]
+        # The specs are bound now, at the DataLoader's iter()/reset, not at its first next().
+        return (_sample_keys(idx, aug_seed)[part] for idx, aug_seed, part in self.specs)
 
     def __len__(self):
         if self.n_batches is None:
@@ -99,17 +113,57 @@ class _FolderSource:
         whole batch, and only the images of ``part`` are decoded."""
         return self._checked(_collate([self.dataset[k] for k in _sample_keys(idx, aug_seed)[part]]))
 
-    def iterate(self, specs, num_workers: int = 0, n_batches: int | None = None):
-        if num_workers <= 0:
-            for idx, aug_seed, part in specs:
-                yield self.fetch(idx, aug_seed, part)
-            return
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=_SpecBatchSampler(specs, n_batches), num_workers=num_workers,
-            collate_fn=_collate,
+    def iterate(self, specs):
+        """The batches of ``specs``, decoded in this process."""
+        for idx, aug_seed, part in specs:
+            yield self.fetch(idx, aug_seed, part)
+
+
+class _WorkerStream:
+    """One persistent-worker DataLoader over a folder source, restarted on new batch specs.
+
+    ``start(specs, n)`` resets the DataLoader (a persistent one hands back the same iterator object,
+    drained of the batches still in flight) and returns a generator over the new batches. A
+    generator of an earlier ``start`` is thereby superseded: using it again raises ``RuntimeError``
+    rather than yielding the new run's batches.
+    """
+
+    def __init__(self, source: _FolderSource, num_workers: int, *, images_per_batch: int, pin_memory: bool,
+                 seed: int):
+        self.source = source
+        self.sampler = _SpecBatchSampler()
+        self.loader = torch.utils.data.DataLoader(
+            source.dataset, batch_sampler=self.sampler, num_workers=num_workers, collate_fn=_collate,
+            pin_memory=pin_memory, persistent_workers=True,
+            prefetch_factor=_PREFETCH_SMALL if images_per_batch <= _LARGE_BATCH else _PREFETCH_LARGE,
+            # The workers' base seed comes from this generator, not from the global RNG the search
+            # samples with (workers=0 draws nothing); the transforms are seeded per image and ignore it.
+            generator=torch.Generator().manual_seed(seed),
         )
-        for batch in loader:
-            yield self._checked(batch)
+        self.generation = 0
+
+    def start(self, specs, n_batches: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.specs, self.sampler.n_batches = specs, n_batches
+        self.generation += 1
+        return self._batches(iter(self.loader), self.generation)
+
+    def _batches(self, it, generation: int):
+        while True:
+            if generation != self.generation:
+                raise RuntimeError("this batch iterator was superseded by a later iterate()/random_batches() "
+                                   "call, or close(), on the same loader (one live iterator per loader with workers)")
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            yield self.source._checked(batch)
+
+    def close(self) -> None:
+        """Stop the worker processes (the DataLoader would only do so when garbage-collected)."""
+        it, self.loader._iterator = self.loader._iterator, None
+        if it is not None:
+            it._shutdown_workers()
+        self.generation += 1
 
 
 class EpochLoader:
@@ -125,6 +179,11 @@ class EpochLoader:
       step)``; ``random_batches(epoch, start, count)`` yields a run of them (prefetched by workers
       for ImageFolder).
 
+    ImageFolder with ``num_workers > 0``: the loader's worker processes start at its first
+    ``iterate`` / ``random_batches`` and persist (``pin_memory``: batches come in page-locked memory,
+    for non-blocking copies to a GPU); each such call restarts them on its batches, and the iterator
+    of the previous call must not be used after it (it raises). ``close()`` stops the workers.
+
     Images are float32 ``[B, 3, S, S]`` normalised with the dataset mean/std; labels int64 ``[B]``.
 
     ``shard(rank, num_shards)`` (a multi-process search) makes every batch, epoch and random ones
@@ -136,7 +195,7 @@ class EpochLoader:
     """
 
     def __init__(self, source, indices, *, batch_size: int, seed: int, stream: int, shuffle: bool,
-                 augment: bool, drop_last: bool, num_workers: int = 0):
+                 augment: bool, drop_last: bool, num_workers: int = 0, pin_memory: bool = False):
         self.source = source
         self.indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
         self.batch_size = int(batch_size)
@@ -147,8 +206,10 @@ class EpochLoader:
         # drop the last partial batch only when there is at least one full batch
         self.drop_last = bool(drop_last) and len(self.indices) >= self.batch_size
         self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
         self.epoch = 0
         self.rank, self.num_shards = 0, 1
+        self._stream: _WorkerStream | None = None
 
     # -- basic properties -------------------------------------------------------------------
     @property
@@ -233,10 +294,7 @@ class EpochLoader:
     def iterate(self, epoch: int | None = None, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches ``start, start + 1, ...`` of ``epoch`` (default: the epoch set by ``set_epoch``)."""
         epoch = self.epoch if epoch is None else int(epoch)
-        specs = self._specs(epoch, start)
-        if isinstance(self.source, _FolderSource):
-            return self.source.iterate(specs, self.num_workers, max(0, len(self) - max(0, int(start))))
-        return self.source.iterate(specs)
+        return self._run(self._specs(epoch, start), max(0, len(self) - max(0, int(start))))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.iterate(self.epoch)
@@ -269,10 +327,23 @@ class EpochLoader:
         """``random_batch(epoch, start)``, ``random_batch(epoch, start + 1)``, ... (endless if ``count`` is None)."""
         epoch = self.epoch if epoch is None else int(epoch)
         steps = range(start, start + count) if count is not None else _count_from(start)
-        specs = (self._random_spec(epoch, s) for s in steps)
-        if isinstance(self.source, _FolderSource):
-            return self.source.iterate(specs, self.num_workers, count)
-        return self.source.iterate(specs)
+        return self._run((self._random_spec(epoch, s) for s in steps), count)
+
+    # -- workers ------------------------------------------------------------------------------
+    def _run(self, specs, n_batches: int | None):
+        """The batches of ``specs``: through the persistent workers of a folder source, else in-process."""
+        if not (self.num_workers > 0 and isinstance(self.source, _FolderSource)):
+            return self.source.iterate(specs)
+        if self._stream is None:
+            self._stream = _WorkerStream(self.source, self.num_workers, pin_memory=self.pin_memory, seed=self.seed,
+                                         images_per_batch=-(-self.batch_size // self.num_shards))
+        return self._stream.start(specs, n_batches)
+
+    def close(self) -> None:
+        """Stop this loader's worker processes, if it has any (a later iteration starts new ones)."""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
 
 def _count_from(start: int):

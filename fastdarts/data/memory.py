@@ -66,7 +66,7 @@ class _TensorSource:
             x = _cutout_batch(x, self.cutout, g)
         return x[part].contiguous(), self.labels.index_select(0, idx)[part]
 
-    def iterate(self, specs: Iterator[tuple[torch.Tensor, int | None, slice]], num_workers: int = 0):
+    def iterate(self, specs: Iterator[tuple[torch.Tensor, int | None, slice]]):
         for idx, aug_seed, part in specs:
             yield self.fetch(idx, aug_seed, part)
 

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from fastdarts.data.config import DataConfig, SearchData
+from fastdarts.data.config import DataConfig, SearchData, _Loaded, resolve_num_workers
 from fastdarts.data.loader import EpochLoader
 from fastdarts.data.sampling import (
     _STREAM_TEST,
@@ -33,18 +33,24 @@ from fastdarts.data.sampling import (
 from fastdarts.data.sources import _load
 
 
-def _loader(source, indices, cfg: DataConfig, seed: int, stream: int, train: bool) -> EpochLoader:
+def _loader(source, indices, cfg: DataConfig, seed: int, stream: int, train: bool, *, num_workers: int,
+            pin_memory: bool) -> EpochLoader:
     if cfg.batch_size is None:
         raise ValueError("DataConfig.batch_size is None: set it, or resolve the search config first "
                          "(fastdarts.config.resolve_search_config takes the method's default)")
     # Every split keeps its last partial batch, as the DataLoaders of quark0/darts train_search.py and
     # train.py do (drop_last=False): dropping it loses a step per epoch (1 of 12 on the digits demo).
     return EpochLoader(source, indices, batch_size=cfg.batch_size, seed=seed, stream=stream, shuffle=train,
-                       augment=train and cfg.augment, drop_last=False, num_workers=cfg.num_workers)
+                       augment=train and cfg.augment, drop_last=False,
+                       num_workers=num_workers, pin_memory=pin_memory)
+
+
+def _io_options(ds: _Loaded, cfg: DataConfig, pin_memory: bool) -> dict:
+    return dict(num_workers=resolve_num_workers(cfg.num_workers, ds.kind), pin_memory=bool(pin_memory))
 
 
 def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False,
-                      subsets_file: str | None = None) -> SearchData:
+                      subsets_file: str | None = None, pin_memory: bool = False) -> SearchData:
     """Weight split (``train``), architecture split (``valid``) and the held-out ``test`` split.
 
     ``single_level=True`` (DropNAS, GAEA ERM): ``train`` and ``valid`` both draw from all non-test
@@ -52,6 +58,9 @@ def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False,
     ``subsets_file`` (ImageFolder only; the search passes ``RUN_DIR/subsets.json``): when it exists, the
     two splits are its file lists (:mod:`fastdarts.subsets`), else the drawn ones, returned in
     ``SearchData.subsets`` for the caller to save.
+    ``pin_memory`` (a CUDA run): ImageFolder workers hand over page-locked batches. The loaders'
+    ``num_workers`` is ``cfg.num_workers`` resolved (:func:`fastdarts.data.config.resolve_num_workers`);
+    ``SearchData.close()`` stops their workers.
     """
     ds = _load(cfg)
     labels = ds.train.labels
@@ -92,6 +101,7 @@ def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False,
                                   _generator(seed, _TAG_SUBSET, 2), pool=a_pool)
     if w_pool.numel() == 0 or a_pool.numel() == 0:
         raise ValueError("subset/arch_subset leave a split without images; use larger fractions")
+    io = _io_options(ds, cfg, pin_memory)
     record, reused = None, False
     if subsets_file is not None and ds.root is not None:
         from fastdarts.subsets import folder_subsets
@@ -101,23 +111,24 @@ def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False,
         w_pool, a_pool, record, reused = folder_subsets(subsets_file, ds.root, ds.train.dataset.paths, ds.classes,
                                                         w_pool, a_pool, settings)
     return SearchData(
-        train=_loader(ds.train, w_pool, cfg, seed, _STREAM_TRAIN, True),
-        valid=_loader(ds.train, a_pool, cfg, seed, _STREAM_VALID, True),
-        test=_loader(ds.test, torch.arange(len(ds.test)), cfg, seed, _STREAM_TEST, False),
+        train=_loader(ds.train, w_pool, cfg, seed, _STREAM_TRAIN, True, **io),
+        valid=_loader(ds.train, a_pool, cfg, seed, _STREAM_VALID, True, **io),
+        test=_loader(ds.test, torch.arange(len(ds.test)), cfg, seed, _STREAM_TEST, False, **io),
         num_classes=ds.num_classes, in_channels=3, image_size=ds.image_size, classes=ds.classes,
         subsets=record, subsets_reused=reused,
     )
 
 
-def build_train_data(cfg: DataConfig, seed: int) -> SearchData:
+def build_train_data(cfg: DataConfig, seed: int, *, pin_memory: bool = False) -> SearchData:
     """For retraining a derived network: ``train`` = all non-test training images (augmented,
     shuffled; ``train_portion``/``subset``/``arch_subset`` are ignored), ``valid`` = ``test`` = the
-    held-out split (same loader object)."""
+    held-out split (same loader object). ``pin_memory``: as for :func:`build_search_data`."""
     ds = _load(cfg)
     seed = int(seed)
-    test = _loader(ds.test, torch.arange(len(ds.test)), cfg, seed, _STREAM_TEST, False)
+    io = _io_options(ds, cfg, pin_memory)
+    test = _loader(ds.test, torch.arange(len(ds.test)), cfg, seed, _STREAM_TEST, False, **io)
     return SearchData(
-        train=_loader(ds.train, torch.arange(len(ds.train)), cfg, seed, _STREAM_TRAIN, True),
+        train=_loader(ds.train, torch.arange(len(ds.train)), cfg, seed, _STREAM_TRAIN, True, **io),
         valid=test, test=test, num_classes=ds.num_classes, in_channels=3, image_size=ds.image_size,
         classes=ds.classes,
     )
