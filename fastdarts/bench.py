@@ -396,17 +396,24 @@ def run_pipeline_bench(out: str = os.path.join("benchmarks", "results"), *, data
                   data=data or "generated", source_px=None if data else 224,
                   images=None if data else classes * per_class, load_avg_before=list(load_before),
                   load_avg_after=list(os.getloadavg()), pipeline=records)
-    os.makedirs(out, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", result["device"]).strip("-").lower()
-    stem = os.path.join(out, f"pipeline-{slug}-{time.strftime('%Y%m%d')}{'-quick' if quick else ''}")
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(pipeline_markdown(result))
+    stem = _write_result(out, "pipeline-", result, pipeline_markdown(result), quick)
     return [stem + ".json", stem + ".md"]
 
 
 # ------------------------------------------------------------------------------------- reports
+def _write_result(out: str, prefix: str, result: dict, markdown: str, quick: bool) -> str:
+    """Write ``result`` as ``out/<prefix><device>-<date>.json`` and its markdown as ``.md``; returns the
+    path without extension."""
+    os.makedirs(out, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", result["device"]).strip("-").lower()
+    stem = os.path.join(out, f"{prefix}{slug}-{time.strftime('%Y%m%d')}{'-quick' if quick else ''}")
+    with open(stem + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown)
+    return stem
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -595,13 +602,7 @@ def run_bench(what: str = "all", out: str = os.path.join("benchmarks", "results"
         result["copy_bw_gbps"] = copy_bw
     if what in ("search", "all"):
         result["records"] += bench_search(dev, quick)
-    os.makedirs(out, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", result["device"]).strip("-").lower()
-    stem = os.path.join(out, f"{slug}-{time.strftime('%Y%m%d')}{'-quick' if quick else ''}")
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown_tables(result))
+    stem = _write_result(out, "", result, markdown_tables(result), quick)
     plot(result, stem + ".png")
     paths = [stem + ".json", stem + ".md", stem + ".png"]
     if not quick and update_readme(out, readme):
