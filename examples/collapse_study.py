@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import torch
 
-from fastdarts.config import SearchConfig, TrainConfig, load_config, recipe_names, recipe_path
+from fastdarts.config import SearchConfig, TrainConfig, load_config, recipe_names, recipe_path, resolve_search_config
 from fastdarts.methods import get_method
 from fastdarts.search import search
 from fastdarts.spaces.robust import robust_primitives
@@ -139,10 +139,23 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def recipe_sizes(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per method, the sizes its recipe (or, without one, its defaults) sets and the study cuts."""
+    out = {}
+    for method in methods:
+        recipe = search_recipe(method)
+        cfg = resolve_search_config(load_config(SearchConfig, recipe_path(recipe) if recipe else None,
+                                                [f"method={method}"]))
+        out[method] = dict(epochs=cfg.epochs, batch_size=cfg.data.batch_size, C=cfg.C, layers=cfg.layers,
+                           supernet=cfg.supernet)
+    return out
+
+
 def settings(sizes: Sizes, planned: dict[str, Any]) -> dict[str, Any]:
     """What the study ran and what it cut, for the JSON and the table header."""
     train_recipe = load_config(TrainConfig, recipe_path(TRAIN_RECIPE, "train"))
-    return dict(planned, sizes=dataclasses.asdict(sizes), train_recipe=TRAIN_RECIPE,
+    return dict(planned, sizes=dataclasses.asdict(sizes), recipe_sizes=recipe_sizes(planned["methods"]),
+                train_recipe=TRAIN_RECIPE,
                 train_recipe_epochs=train_recipe.epochs,
                 train_C=sizes.train_C or train_recipe.C, train_layers=sizes.train_layers or train_recipe.layers,
                 threads=torch.get_num_threads(), torch=torch.__version__)
@@ -159,6 +172,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"{sz['batch_size']}, {sz['image_size']}×{sz['image_size']} images, C={sz['C']}, {sz['layers']} cells "
         f"(NASNet-super: {sz['nasnet_layers']}). Retraining: {cut} (C={st['train_C']}, {st['train_layers']} cells). "
         f"CPU, {st['threads']} thread(s). {result['runs_done']} of {result['runs_planned']} runs finished.",
+        "",
+        "Cut from the recipes (CIFAR-10, 32×32): " + "; ".join(
+            f"{m} {r['epochs']} epochs, batch {r['batch_size']}, C={r['C']}, {r['layers']} cells ({r['supernet']})"
+            for m, r in st["recipe_sizes"].items()) + ".",
         "",
         "| space | method | seeds run | parameter-free ops in normal cell (of 8), per seed | mean "
         "| collapsed (≥ 5 of 8) | derived net held-out acc (%) | supernet acc (%) |",
@@ -200,7 +217,7 @@ def plot(result: dict[str, Any], path: str) -> None:
         free = "none, skip" if space == "s3" else "skip"
         for ax, what in zip(row, (f"parameter-free: {free}; above the dashed line: collapsed (≥ 5 of 8)",
                                   f"retrained {st['train_recipe']}, {sz['train_epochs']} epochs")):
-            ax.set_xticks(range(len(methods)), methods)
+            ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right", rotation_mode="anchor")
             ax.set_xlim(-0.5, len(methods) - 0.5)
             ax.set_title(f"space {space}: {what}", fontsize=9)
             ax.grid(axis="y", alpha=0.3)
