@@ -7,6 +7,7 @@
 
 import os
 
+import pytest
 import torch
 
 # Must happen before any Triton kernel module is imported (STYLE.md: interpreter facts).
@@ -36,3 +37,12 @@ def pytest_report_header(config) -> str:
     """Show the thread setting in pytest's header, so a log says which run it was."""
     how = "torch default" if _THREADS is None else "FASTDARTS_TEST_THREADS"
     return f"fastdarts: torch intra-op threads = {torch.get_num_threads()} ({how})"
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_count():
+    """Give every test the suite's thread count back: a script's main() under test (the collapse
+    study, ``--threads``) may set its own, and later tests hand the count to their subprocesses."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -30,8 +30,13 @@ from fastdarts.config import SearchConfig, default_search_config_path, load_conf
 ARGS = ["C=4", "layers=2", "epochs=2", "data.batch_size=16", "data.image_size=8", "data.subset=0.05",
         "data.arch_subset=0.05", "log_every=1", "deterministic=true"]
 MID_EPOCH_2 = "epoch 2/2 step 1 "
-# conftest has set the thread count before this module is imported.
-CHILD_ENV = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()), MKL_NUM_THREADS=str(torch.get_num_threads()))
+
+
+def _child_env() -> dict:
+    """The environment of a search subprocess: this process's intra-op thread count, read when the child
+    starts, so the child splits its reductions as the in-process baseline and resume do."""
+    threads = str(torch.get_num_threads())
+    return dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
 
 
 def _run(run_dir):
@@ -87,7 +92,7 @@ def _start_and_signal(run_dir, sig, log_path):
     """Start ``fastdarts search`` in a subprocess, send ``sig`` once it has done a step of epoch 2."""
     with open(log_path, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "fastdarts", "search", *ARGS, f"run_dir={run_dir}"],
-                                stdout=subprocess.DEVNULL, stderr=err, env=CHILD_ENV)
+                                stdout=subprocess.DEVNULL, stderr=err, env=_child_env())
     log = os.path.join(run_dir, "search.log")
     deadline = time.time() + 600
     try:
@@ -229,7 +234,7 @@ def test_process_killed_while_writing_keeps_the_previous_checkpoint(tmp_path):
         torch.save = dying_save
         save_checkpoint(path, {{"epoch": 1, "w": torch.zeros(4096)}})
     """)
-    proc = subprocess.run([sys.executable, "-c", script], env=CHILD_ENV, capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], env=_child_env(), capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     state = load_checkpoint(str(tmp_path / "checkpoint.pt"))
     assert state["epoch"] == 0 and torch.equal(state["w"], torch.arange(4096.0))
