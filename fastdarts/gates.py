@@ -439,11 +439,6 @@ def dropnas_group_ids(primitives) -> tuple[int, ...]:
     return tuple(0 if p in DROPNAS_PARAMETRIC else 1 for p in primitives)
 
 
-def dropnas_groups(primitives) -> torch.Tensor:
-    """:func:`dropnas_group_ids` as a CPU ``long`` tensor."""
-    return torch.tensor(dropnas_group_ids(primitives), dtype=torch.long)
-
-
 class DropNASMixing(SampledMixing):
     """DropNAS grouped operation dropout (wiljohnhong/DropNAS, ALGORITHMS.md §6).
 

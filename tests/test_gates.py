@@ -129,7 +129,7 @@ def test_dropnas_keep_rate_and_group_survival():
     p = r ** 0.25  # 0.562
     mix = G.DropNASMixing(drop_rate=r, seed=5)
     A = _logits(6, scale=0.5)
-    groups = G.dropnas_groups(DARTS_PRIMITIVES)
+    groups = torch.tensor(G.dropnas_group_ids(DARTS_PRIMITIVES))
     n, kept = 500, torch.zeros(2)
     for _ in range(n):
         cw = mix.all_cell_weights({"normal": (A, None)}, 4)["normal"]
@@ -154,7 +154,7 @@ def test_dropnas_keep_rate_and_group_survival():
 
 def test_dropnas_separate_rates_and_no_drop():
     A = _logits(7)
-    groups = G.dropnas_groups(DARTS_PRIMITIVES)
+    groups = torch.tensor(G.dropnas_group_ids(DARTS_PRIMITIVES))
     mix = G.DropNASMixing(drop_rate=(0.3, 0.0), seed=1)
     seen_drop = False
     for _ in range(50):
@@ -171,10 +171,10 @@ def test_dropnas_separate_rates_and_no_drop():
 
 def test_dropnas_groups_are_by_name():
     # DropNAS' own order (sep3, sep5, dil3, dil5 | max, avg, skip, none) and fastdarts' give the same groups.
-    assert G.dropnas_groups(DARTS_PRIMITIVES).tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert G.dropnas_group_ids(DARTS_PRIMITIVES) == (1, 1, 1, 1, 0, 0, 0, 0)
     order = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "max_pool_3x3", "avg_pool_3x3",
              "skip_connect", "none")
-    assert G.dropnas_groups(order).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert G.dropnas_group_ids(order) == (0, 0, 0, 0, 1, 1, 1, 1)
 
 
 # ----------------------------------------------------------------------------------- GDAS
