@@ -4,9 +4,16 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# The CPU wheel of torch keeps CI light; override e.g. TORCH_SPEC="torch==2.11.0" elsewhere.
-TORCH_SPEC  ?= torch==2.13.0
-TRITON_SPEC ?= triton==3.6.0
+# torchvision (transforms.v2 for ImageFolder data) needs the PyPI build of torch it was built against:
+# torch 2.14.1 with its CUDA libraries (they run on CPU too; the registry's CPU wheel of torch 2.13 has
+# no torchvision that loads beside it). torch 2.14.1 requires triton 3.8. Override e.g.
+# TORCH_SPEC="torch==2.11.0 torchvision==0.26.0" TRITON_SPEC="triton==3.6.0" elsewhere.
+TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
+TRITON_SPEC ?= triton==3.8.0
+# The CUDA sources of fastdarts._C are built only where a GPU driver is (a CPU machine cannot run them;
+# tests/test_cuda_compile.py still compiles them with nvcc -c).
+FASTDARTS_SKIP_CUDA_BUILD ?= $(if $(wildcard /dev/nvidiactl),0,1)
+export FASTDARTS_SKIP_CUDA_BUILD
 STAMP  := $(VENV)/.fastdarts-installed
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
 
@@ -15,7 +22,7 @@ SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
-	$(PY) -m pip install -q "$(TORCH_SPEC)" "$(TRITON_SPEC)"
+	$(PY) -m pip install -q $(TORCH_SPEC) $(TRITON_SPEC)
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 

@@ -40,8 +40,9 @@ def nvcc_results():
         procs = {}
         for cu in CU_FILES:
             obj = os.path.join(tmp, os.path.basename(cu) + ".o")
-            # the flags setup.py uses for FASTDARTS_CUDA_ARCHS=90 (SASS + embedded PTX, line info)
-            cmd = [NVCC, "-c", "-gencode=arch=compute_90,code=[sm_90,compute_90]", "-lineinfo", "-std=c++17",
+            # the flags setup.py uses for FASTDARTS_CUDA_ARCHS=90 (SASS + embedded PTX, line info), in
+            # C++20 as torch's BuildExtension compiles (torch 2.14's headers use std::strong_ordering)
+            cmd = [NVCC, "-c", "-gencode=arch=compute_90,code=[sm_90,compute_90]", "-lineinfo", "-std=c++20",
                    "-DFASTDARTS_WITH_CUDA", *includes, cu, "-o", obj]
             procs[cu] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), obj)
         results = {}
