@@ -84,6 +84,9 @@ class SearchConfig:
     checkpoint_every: int | None = None
     # torchrun runs (CUDA): BatchNorm statistics over all ranks' samples (SyncBatchNorm) instead of per rank.
     sync_bn: bool = False
+    # Supernet weights and image batches in the channels_last memory format (NHWC): faster convolutions
+    # on tensor-core GPUs under amp; the same numbers up to the convolution algorithms' summation order.
+    channels_last: bool = False
 
 
 @dataclass
@@ -109,6 +112,7 @@ class TrainConfig:
     run_dir: str | None = None
     device: str = "auto"
     deterministic: bool = False  # as SearchConfig.deterministic
+    channels_last: bool = False  # as SearchConfig.channels_last
     # LR per epoch e: "cosine" lr_min + (lr − lr_min)(1 + cos(π(e + offset)/epochs))/2 (cnn/train.py), or
     # "step" lr·lr_gamma^⌊(e + offset)/lr_decay_period⌋ (cnn/train_imagenet.py StepLR). quark0 steps the
     # scheduler at each epoch start, which on its PyTorch 0.3.1 gives offset 0 (offset 1 on PyTorch >= 1.1).

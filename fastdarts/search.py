@@ -156,14 +156,15 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device) -> float:
     """Top-1 accuracy (%) of ``model`` (logits or ``(logits, aux)``) on ``loader``, in eval mode."""
     was_training = model.training
     model.eval()
-    correct = total = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
     for x, y in loader:
         out = model(x.to(device, non_blocking=True))
         logits = out[0] if isinstance(out, tuple) else out
-        correct += (logits.argmax(1).cpu() == y).sum().item()
+        correct += (logits.argmax(1) == y.to(device, non_blocking=True)).sum()  # read once, at the end
         total += y.numel()
     model.train(was_training)
-    return 100.0 * correct / max(total, 1)
+    return 100.0 * correct.item() / max(total, 1)
 
 
 def _coerce_config(config) -> SearchConfig:
@@ -537,7 +538,7 @@ def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC, device: torch.device
     # ImageFolder: the weight/architecture file lists of an earlier start of this run are reused.
     subsets_path = os.path.join(run_dir, SUBSETS_FILE)
     data = build_search_data(cfg.data, cfg.seed, single_level=single_level, subsets_file=subsets_path,
-                             pin_memory=device.type == "cuda")
+                             device=device, channels_last=cfg.channels_last)
     cleanup.callback(data.close)
     if cfg.stem == "imagenet":
         check_image_size(data.image_size)
@@ -547,6 +548,8 @@ def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC, device: torch.device
     model = build_supernet(cfg.space, cfg.method, cfg.C, data.num_classes, cfg.layers, supernet=cfg.supernet,
                            stem=cfg.stem, backend=cfg.backend, recompute=cfg.recompute,
                            in_channels=data.in_channels, **net_options).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and is_distributed():
         model = sync_batchnorm(model)
     if compiled:
@@ -673,8 +676,7 @@ def _search(cfg: SearchConfig, resume: bool, ctrl_c: CtrlC, device: torch.device
                 valid_iter = iter(data.valid.iterate(epoch))
                 xv, yv = next(valid_iter)
                 valid_pos = 1
-            batch_t = (xt.to(device, non_blocking=True), yt.to(device, non_blocking=True))
-            batch_v = (xv.to(device, non_blocking=True), yv.to(device, non_blocking=True))
+            batch_t, batch_v = (xt, yt), (xv, yv)  # the loaders put them on the device
             if undo is not None:
                 undo.snapshot()
             if compiled and device.type == "cuda":

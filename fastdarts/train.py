@@ -135,10 +135,12 @@ def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resum
            cleanup: contextlib.ExitStack) -> TrainResult:
     ckpt_path = os.path.join(run_dir, CHECKPOINT)
     torch.manual_seed(cfg.seed)
-    data = build_train_data(cfg.data, cfg.seed, pin_memory=device.type == "cuda")
+    data = build_train_data(cfg.data, cfg.seed, device=device, channels_last=cfg.channels_last)
     cleanup.callback(data.close)
     model = build_network(genotype, cfg.C, data.num_classes, cfg.layers, auxiliary=cfg.auxiliary,
                           in_channels=data.in_channels).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for name, p in model.named_parameters() if "auxiliary" not in name)
     optimizer = torch.optim.SGD(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start = 0
@@ -181,7 +183,6 @@ def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resum
         data.train.set_epoch(epoch)
         total_loss = correct = count = 0
         for x, y in tqdm(data.train, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             logits, logits_aux = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)

@@ -7,7 +7,7 @@ Three sources are supported, none of which downloads anything:
 * ``"cifar10"`` / ``"cifar100"``: a local folder in the standard *python* pickle batch format. The
   pickles are read with a restricted unpickler that only rebuilds numpy arrays.
 * an ImageFolder directory (one sub-directory per class, optionally under ``train/`` and ``val/``),
-  decoded lazily with PIL inside a :class:`torch.utils.data.Dataset`.
+  decoded lazily with PIL and augmented with torchvision inside a :class:`torch.utils.data.Dataset`.
 
 The files follow the path of a batch:
 
@@ -18,8 +18,8 @@ The files follow the path of a batch:
   :func:`build_train_data`), drawn with ``sampling.py`` (seeds, stratified picks);
 * ``loader.py``: :class:`EpochLoader`, whose batch order and augmentation depend only on
   ``(seed, stream, epoch, index)``, and the DataLoader worker plumbing of folder sources;
-* ``transforms.py``: crop, flip, cutout, resize/centre-crop, RandomResizedCrop parameters, and the
-  normalisation constants.
+* ``transforms.py``: crop, flip and cutout of in-memory batches, the torchvision ``transforms.v2``
+  pipelines of folder images, their normalisation on the device, and the normalisation constants.
 """
 
 from fastdarts.data.cifar import load_cifar_batch

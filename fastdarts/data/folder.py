@@ -1,5 +1,5 @@
 """ImageFolder directories (one sub-directory per class, optionally under ``train/`` and ``val/``),
-decoded lazily with PIL inside a :class:`torch.utils.data.Dataset`.
+decoded lazily with PIL inside a :class:`torch.utils.data.Dataset` and transformed with torchvision.
 
 ``val/`` is the test split when present, otherwise a stratified 10 % held out with
 :data:`SPLIT_SEED`.
@@ -8,27 +8,27 @@ decoded lazily with PIL inside a :class:`torch.utils.data.Dataset`.
 from __future__ import annotations
 
 import os
-import random
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from fastdarts.data.config import _DEFAULT_SIZE, SPLIT_SEED, DataConfig, _Loaded
 from fastdarts.data.loader import _FolderSource, _Unreadable
 from fastdarts.data.sampling import _TAG_SPLIT, _class_counts, _generator, _stratified_pick
-from fastdarts.data.transforms import IMAGENET_MEAN, IMAGENET_STD, _resize_center_crop, _rrc_params
+from fastdarts.data.transforms import IMAGENET_MEAN, IMAGENET_STD, folder_transforms
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class _FolderDataset(torch.utils.data.Dataset):
-    """Lazy PIL dataset; items are addressed as ``(index, sample_seed)``.
+    """Lazy PIL dataset; items are addressed as ``(index, sample_seed)`` and are ``(image, label,
+    cutout centre)`` with the image a uint8 ``[3, S, S]`` tensor.
 
-    ``sample_seed=None`` applies the evaluation transform (resize shorter side to ``size / 0.875``,
-    centre crop); an integer seeds a :class:`random.Random` for the training transform
-    (RandomResizedCrop(scale 0.08..1, ratio 3/4..4/3) + flip, then cutout after normalisation), so
-    the result does not depend on which worker process decodes it.
+    ``sample_seed=None`` applies the evaluation transform; an integer seeds torch's generator for the
+    training transform (:func:`fastdarts.data.transforms.folder_transforms`) and then the cutout
+    centre ``(cy, cx)`` (None without cutout), so the result does not depend on which worker process
+    decodes it. Normalisation and the cutout square are applied to the batch on the device
+    (:meth:`_FolderSource.finish`).
     """
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], *, image_size: int, mean, std,
@@ -36,10 +36,11 @@ class _FolderDataset(torch.utils.data.Dataset):
         self.paths = list(paths)
         self.labels = [int(v) for v in labels]
         self.image_size = int(image_size)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
         self.flip = bool(flip)
         self.cutout = int(cutout)
+        self.train_transform, self.eval_transform = folder_transforms(self.image_size, self.flip)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -54,21 +55,14 @@ class _FolderDataset(torch.utils.data.Dataset):
                 img = im.convert("RGB")
         except Exception as e:  # PIL raises several types; the main process decides (_FolderSource._checked)
             return _Unreadable(path, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "))
-        S = self.image_size
-        rng = None if seed is None else random.Random(seed)
-        if rng is None:
-            img = _resize_center_crop(img, S)
-        else:
-            i, j, h, w = _rrc_params(img.height, img.width, rng)
-            img = img.resize((S, S), Image.BILINEAR, box=(j, i, j + w, i + h))
-            if self.flip and rng.random() < 0.5:
-                img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).to(torch.float32).div_(255.0)
-        x = (x - self.mean) / self.std
-        if rng is not None and self.cutout > 0:
-            cy, cx, half = rng.randrange(S), rng.randrange(S), self.cutout // 2
-            x[:, max(0, cy - half):min(S, cy + half), max(0, cx - half):min(S, cx + half)] = 0.0
-        return x, self.labels[idx]
+        if seed is None:
+            return self.eval_transform(img), self.labels[idx], None
+        # The global generator, forked so that an in-process loader leaves the search's draws alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            x = self.train_transform(img)
+            centre = tuple(torch.randint(0, self.image_size, (2,)).tolist()) if self.cutout > 0 else None
+        return x, self.labels[idx], centre
 
 
 def _scan_class_dirs(root: str) -> dict[str, list[str]]:

@@ -1,8 +1,8 @@
 """The deterministic epoch loader, and the batch sampler / worker plumbing of folder sources.
 
 Determinism. Every random choice a loader makes (shuffle order, crop offsets, flips, cutout, the
-random architecture batches) comes from a :class:`torch.Generator` (or, inside ImageFolder workers,
-a :class:`random.Random`) seeded from ``(seed, stream, epoch, batch or step index)``. An epoch's
+random architecture batches) comes from a :class:`torch.Generator` (for ImageFolder images, torch's
+generator reseeded per image) seeded from ``(seed, stream, epoch, batch or step index)``. An epoch's
 batches therefore depend only on the run seed and the epoch number, so a search resumed from a
 checkpoint at an epoch boundary sees bit-identical data without saving any loader state; batch
 ``i`` of an epoch can be regenerated alone (``EpochLoader.iterate(epoch, start=i)``), so a mid-epoch
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple
 import torch
 
 from fastdarts.data.sampling import _TAG_AUGMENT, _TAG_RANDOM, _TAG_RANDOM_AUG, _TAG_SHUFFLE, _generator, _mix
+from fastdarts.data.transforms import cutout_keep, normalize_uint8
 
 if TYPE_CHECKING:
     from fastdarts.data.folder import _FolderDataset
@@ -71,32 +72,39 @@ class _Unreadable(NamedTuple):
     reason: str
 
 
-def _collate(items) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[_Unreadable, ...]]:
-    """(images, labels, unreadable items) of one batch; images/labels are None if none could be read."""
+def _collate(items):
+    """(uint8 images, labels, cutout centres [B, 2] or None, unreadable items) of one batch; images,
+    labels and centres are None if no image could be read."""
     good = [it for it in items if not isinstance(it, _Unreadable)]
     bad = tuple(it for it in items if isinstance(it, _Unreadable))
     if not good:
-        return None, None, bad
-    xs, ys = zip(*good, strict=True)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.long), bad
+        return None, None, None, bad
+    xs, ys, centres = zip(*good, strict=True)
+    centres = None if centres[0] is None else torch.tensor(centres, dtype=torch.long)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long), centres, bad
 
 
 class _FolderSource:
+    """An ImageFolder split. Its raw batches are ``(uint8 images, labels, cutout centres)``, decoded and
+    transformed per image (in DataLoader workers or in-process); :meth:`finish` normalises them and cuts
+    the cutout squares out where the batch is going (the GPU, on a CUDA run)."""
+
     def __init__(self, dataset: _FolderDataset, skip_corrupt: bool = False):
         self.dataset = dataset
         self.skip_corrupt = bool(skip_corrupt)
         self._skipped: set[str] = set()
         self.labels = torch.tensor(dataset.labels, dtype=torch.long)
         self.image_size = dataset.image_size
-        self.mean = tuple(dataset.mean.flatten().tolist())
-        self.std = tuple(dataset.std.flatten().tolist())
+        self.mean = dataset.mean
+        self.std = dataset.std
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _checked(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _checked(self, batch):
         """Stop at an unreadable image, or (``skip_corrupt``) drop it from its batch and log it once."""
-        x, y, bad = batch
+        x, y, centres, bad = batch
         for item in bad:
             if not self.skip_corrupt:
                 raise CorruptImageError(f"cannot read image {item.path} ({item.reason}); fix or remove it, or set "
@@ -106,17 +114,30 @@ class _FolderSource:
                 logging.getLogger("fastdarts").warning("skipping unreadable image %s (%s)", item.path, item.reason)
         if x is None:
             raise CorruptImageError(f"every image of a batch is unreadable (first: {bad[0].path})")
-        return x, y
+        return x, y, centres
 
     def fetch(self, idx: torch.Tensor, aug_seed: int | None, part: slice = slice(None)):
-        """Images ``part`` of the batch ``idx``; each image's augmentation seed is the one it has in the
-        whole batch, and only the images of ``part`` are decoded."""
+        """Raw images ``part`` of the batch ``idx``; each image's augmentation seed is the one it has in
+        the whole batch, and only the images of ``part`` are decoded."""
         return self._checked(_collate([self.dataset[k] for k in _sample_keys(idx, aug_seed)[part]]))
 
     def iterate(self, specs):
-        """The batches of ``specs``, decoded in this process."""
+        """The raw batches of ``specs``, decoded in this process."""
         for idx, aug_seed, part in specs:
             yield self.fetch(idx, aug_seed, part)
+
+    def finish(self, raw, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised float32 images and labels on ``device`` from a raw batch: the uint8 images are
+        copied (asynchronously from pinned memory), then normalised and cut out there."""
+        x, y, centres = raw
+        if device not in self._stats:  # mean/std as [1, 3, 1, 1] tensors, copied once per device
+            self._stats[device] = tuple(torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1).to(device)
+                                        for v in (self.mean, self.std))
+        x = normalize_uint8(x.to(device, non_blocking=True), *self._stats[device])
+        if centres is not None:
+            centres = centres.to(device, non_blocking=True)
+            x = x * cutout_keep(centres[:, 0], centres[:, 1], self.dataset.cutout, *x.shape[-2:])
+        return x, y.to(device, non_blocking=True)
 
 
 class _WorkerStream:
@@ -180,11 +201,13 @@ class EpochLoader:
       for ImageFolder).
 
     ImageFolder with ``num_workers > 0``: the loader's worker processes start at its first
-    ``iterate`` / ``random_batches`` and persist (``pin_memory``: batches come in page-locked memory,
-    for non-blocking copies to a GPU); each such call restarts them on its batches, and the iterator
-    of the previous call must not be used after it (it raises). ``close()`` stops the workers.
+    ``iterate`` / ``random_batches`` and persist; each such call restarts them on its batches, and the
+    iterator of the previous call must not be used after it (it raises). ``close()`` stops the workers.
 
-    Images are float32 ``[B, 3, S, S]`` normalised with the dataset mean/std; labels int64 ``[B]``.
+    Batches come on ``device`` (default CPU): images float32 ``[B, 3, S, S]`` normalised with the
+    dataset mean/std (``channels_last``: in that memory format), labels int64 ``[B]``. ImageFolder
+    batches travel as uint8 and are normalised on ``device``; on CUDA the workers hand them over in
+    page-locked memory and the copy is asynchronous.
 
     ``shard(rank, num_shards)`` (a multi-process search) makes every batch, epoch and random ones
     alike, the ``rank``-th contiguous slice of the batch a single process gets (slice sizes differ by
@@ -195,7 +218,8 @@ class EpochLoader:
     """
 
     def __init__(self, source, indices, *, batch_size: int, seed: int, stream: int, shuffle: bool,
-                 augment: bool, drop_last: bool, num_workers: int = 0, pin_memory: bool = False):
+                 augment: bool, drop_last: bool, num_workers: int = 0, device: torch.device | str | None = None,
+                 channels_last: bool = False):
         self.source = source
         self.indices = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
         self.batch_size = int(batch_size)
@@ -206,7 +230,8 @@ class EpochLoader:
         # drop the last partial batch only when there is at least one full batch
         self.drop_last = bool(drop_last) and len(self.indices) >= self.batch_size
         self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
+        self.device = torch.device("cpu" if device is None else device)
+        self.channels_last = bool(channels_last)
         self.epoch = 0
         self.rank, self.num_shards = 0, 1
         self._stream: _WorkerStream | None = None
@@ -303,7 +328,7 @@ class EpochLoader:
         """Batch ``i`` of ``epoch`` exactly as iteration yields it."""
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} out of range for {len(self)} batches")
-        return self.source.fetch(*next(self._specs(int(epoch), i)))
+        return self._finish(self.source.fetch(*next(self._specs(int(epoch), i))))
 
     # -- random batches (architecture step) -------------------------------------------------
     def _random_spec(self, epoch: int, step: int):
@@ -317,7 +342,7 @@ class EpochLoader:
 
     def random_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``min(batch_size, n)`` distinct random images, determined by ``(seed, epoch, step)``."""
-        return self.source.fetch(*self._random_spec(int(epoch), int(step)))
+        return self._finish(self.source.fetch(*self._random_spec(int(epoch), int(step))))
 
     def sample(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``random_batch`` for the epoch set by ``set_epoch``."""
@@ -329,15 +354,22 @@ class EpochLoader:
         steps = range(start, start + count) if count is not None else _count_from(start)
         return self._run((self._random_spec(epoch, s) for s in steps), count)
 
-    # -- workers ------------------------------------------------------------------------------
+    # -- workers and the device ------------------------------------------------------------------
+    def _finish(self, raw) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.source.finish(raw, self.device)
+        return (x.contiguous(memory_format=torch.channels_last) if self.channels_last else x), y
+
     def _run(self, specs, n_batches: int | None):
         """The batches of ``specs``: through the persistent workers of a folder source, else in-process."""
         if not (self.num_workers > 0 and isinstance(self.source, _FolderSource)):
-            return self.source.iterate(specs)
-        if self._stream is None:
-            self._stream = _WorkerStream(self.source, self.num_workers, pin_memory=self.pin_memory, seed=self.seed,
-                                         images_per_batch=-(-self.batch_size // self.num_shards))
-        return self._stream.start(specs, n_batches)
+            raw = self.source.iterate(specs)
+        else:
+            if self._stream is None:
+                self._stream = _WorkerStream(self.source, self.num_workers, seed=self.seed,
+                                             pin_memory=self.device.type == "cuda",
+                                             images_per_batch=-(-self.batch_size // self.num_shards))
+            raw = self._stream.start(specs, n_batches)
+        return map(self._finish, raw)
 
     def close(self) -> None:
         """Stop this loader's worker processes, if it has any (a later iteration starts new ones)."""

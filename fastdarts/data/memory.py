@@ -70,6 +70,12 @@ class _TensorSource:
         for idx, aug_seed, part in specs:
             yield self.fetch(idx, aug_seed, part)
 
+    @staticmethod
+    def finish(raw: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of :meth:`fetch` (already normalised here) on ``device``."""
+        x, y = raw
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
 
 def _load_digits(cfg: DataConfig) -> _Loaded:
     from sklearn.datasets import load_digits

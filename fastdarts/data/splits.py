@@ -34,7 +34,7 @@ from fastdarts.data.sources import _load
 
 
 def _loader(source, indices, cfg: DataConfig, seed: int, stream: int, train: bool, *, num_workers: int,
-            pin_memory: bool) -> EpochLoader:
+            device: torch.device | str | None, channels_last: bool) -> EpochLoader:
     if cfg.batch_size is None:
         raise ValueError("DataConfig.batch_size is None: set it, or resolve the search config first "
                          "(fastdarts.config.resolve_search_config takes the method's default)")
@@ -42,15 +42,17 @@ def _loader(source, indices, cfg: DataConfig, seed: int, stream: int, train: boo
     # train.py do (drop_last=False): dropping it loses a step per epoch (1 of 12 on the digits demo).
     return EpochLoader(source, indices, batch_size=cfg.batch_size, seed=seed, stream=stream, shuffle=train,
                        augment=train and cfg.augment, drop_last=False,
-                       num_workers=num_workers, pin_memory=pin_memory)
+                       num_workers=num_workers, device=device, channels_last=channels_last)
 
 
-def _io_options(ds: _Loaded, cfg: DataConfig, pin_memory: bool) -> dict:
-    return dict(num_workers=resolve_num_workers(cfg.num_workers, ds.kind), pin_memory=bool(pin_memory))
+def _io_options(ds: _Loaded, cfg: DataConfig, device: torch.device | str | None, channels_last: bool) -> dict:
+    return dict(num_workers=resolve_num_workers(cfg.num_workers, ds.kind), device=device,
+                channels_last=bool(channels_last))
 
 
 def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False,
-                      subsets_file: str | None = None, pin_memory: bool = False) -> SearchData:
+                      subsets_file: str | None = None, device: torch.device | str | None = None,
+                      channels_last: bool = False) -> SearchData:
     """Weight split (``train``), architecture split (``valid``) and the held-out ``test`` split.
 
     ``single_level=True`` (DropNAS, GAEA ERM): ``train`` and ``valid`` both draw from all non-test
@@ -58,7 +60,9 @@ def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False,
     ``subsets_file`` (ImageFolder only; the search passes ``RUN_DIR/subsets.json``): when it exists, the
     two splits are its file lists (:mod:`fastdarts.subsets`), else the drawn ones, returned in
     ``SearchData.subsets`` for the caller to save.
-    ``pin_memory`` (a CUDA run): ImageFolder workers hand over page-locked batches. The loaders'
+    ``device`` (default CPU): where the loaders put their batches (an ImageFolder's are normalised
+    there; on CUDA its workers hand over page-locked uint8 batches); ``channels_last``: images in that
+    memory format. The loaders'
     ``num_workers`` is ``cfg.num_workers`` resolved (:func:`fastdarts.data.config.resolve_num_workers`);
     ``SearchData.close()`` stops their workers.
     """
@@ -101,7 +105,7 @@ def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False,
                                   _generator(seed, _TAG_SUBSET, 2), pool=a_pool)
     if w_pool.numel() == 0 or a_pool.numel() == 0:
         raise ValueError("subset/arch_subset leave a split without images; use larger fractions")
-    io = _io_options(ds, cfg, pin_memory)
+    io = _io_options(ds, cfg, device, channels_last)
     record, reused = None, False
     if subsets_file is not None and ds.root is not None:
         from fastdarts.subsets import folder_subsets
@@ -119,13 +123,14 @@ def build_search_data(cfg: DataConfig, seed: int, *, single_level: bool = False,
     )
 
 
-def build_train_data(cfg: DataConfig, seed: int, *, pin_memory: bool = False) -> SearchData:
+def build_train_data(cfg: DataConfig, seed: int, *, device: torch.device | str | None = None,
+                     channels_last: bool = False) -> SearchData:
     """For retraining a derived network: ``train`` = all non-test training images (augmented,
     shuffled; ``train_portion``/``subset``/``arch_subset`` are ignored), ``valid`` = ``test`` = the
-    held-out split (same loader object). ``pin_memory``: as for :func:`build_search_data`."""
+    held-out split (same loader object). ``device``, ``channels_last``: as for :func:`build_search_data`."""
     ds = _load(cfg)
     seed = int(seed)
-    io = _io_options(ds, cfg, pin_memory)
+    io = _io_options(ds, cfg, device, channels_last)
     test = _loader(ds.test, torch.arange(len(ds.test)), cfg, seed, _STREAM_TEST, False, **io)
     return SearchData(
         train=_loader(ds.train, torch.arange(len(ds.train)), cfg, seed, _STREAM_TRAIN, True, **io),

@@ -1,10 +1,12 @@
-"""Augmentation and normalisation: per-batch crop and cutout on tensors (in-memory sources), and the
-per-image resize-centre-crop and RandomResizedCrop parameters for PIL images (ImageFolder)."""
+"""Augmentation and normalisation.
+
+In-memory sources (digits, CIFAR) crop, flip and cut out whole batch tensors with a seeded generator.
+ImageFolder images go through torchvision ``transforms.v2`` (:func:`folder_transforms`) in the
+DataLoader workers and leave them as uint8; :func:`normalize_uint8` and the cutout masks
+(:func:`cutout_keep`) finish them on the device the search runs on.
+"""
 
 from __future__ import annotations
-
-import math
-import random
 
 import torch
 import torch.nn.functional as F
@@ -30,52 +32,45 @@ def _random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
     return xp.gather(2, rows).gather(3, cols)
 
 
-def _cutout_batch(x: torch.Tensor, length: int, g: torch.Generator) -> torch.Tensor:
-    """quark0 ``Cutout``: zero a length x length square (clipped at the border) centred uniformly."""
-    B, _, H, W = x.shape
-    cy = torch.randint(0, H, (B,), generator=g).view(B, 1)
-    cx = torch.randint(0, W, (B,), generator=g).view(B, 1)
-    half = length // 2
-    ar_h = torch.arange(H).view(1, H)
-    ar_w = torch.arange(W).view(1, W)
+def cutout_keep(cy: torch.Tensor, cx: torch.Tensor, length: int, H: int, W: int) -> torch.Tensor:
+    """quark0 ``Cutout`` masks, [B, 1, H, W] bool on the centres' device: False on the length x length
+    square (clipped at the border) centred at ``(cy[b], cx[b])``, True elsewhere."""
+    B, half = cy.numel(), length // 2
+    cy, cx = cy.view(B, 1), cx.view(B, 1)
+    ar_h = torch.arange(H, device=cy.device).view(1, H)
+    ar_w = torch.arange(W, device=cx.device).view(1, W)
     in_rows = (ar_h >= cy - half) & (ar_h < cy + half)  # [B, H]
     in_cols = (ar_w >= cx - half) & (ar_w < cx + half)  # [B, W]
-    keep = ~(in_rows.view(B, 1, H, 1) & in_cols.view(B, 1, 1, W))
-    return x * keep.to(x.dtype)
+    return ~(in_rows.view(B, 1, H, 1) & in_cols.view(B, 1, 1, W))
 
 
-def _resize_center_crop(img, size: int):
-    from PIL import Image
-
-    resize = max(size, int(round(size / 0.875)))
-    w, h = img.size
-    if w <= h:
-        nw, nh = resize, max(resize, int(round(resize * h / w)))
-    else:
-        nw, nh = max(resize, int(round(resize * w / h))), resize
-    img = img.resize((nw, nh), Image.BILINEAR)
-    left = int(round((nw - size) / 2.0))
-    top = int(round((nh - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
+def _cutout_batch(x: torch.Tensor, length: int, g: torch.Generator) -> torch.Tensor:
+    """quark0 ``Cutout`` on a batch: one square zeroed per image, centred uniformly (drawn from ``g``)."""
+    B, _, H, W = x.shape
+    cy = torch.randint(0, H, (B,), generator=g)
+    cx = torch.randint(0, W, (B,), generator=g)
+    return x * cutout_keep(cy, cx, length, H, W).to(x.dtype)
 
 
-def _rrc_params(H: int, W: int, rng: random.Random, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    """torchvision ``RandomResizedCrop.get_params`` with a :class:`random.Random`."""
-    area = H * W
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
-        if 0 < w <= W and 0 < h <= H:
-            return rng.randint(0, H - h), rng.randint(0, W - w), h, w
-    in_ratio = W / H
-    if in_ratio < ratio[0]:
-        w, h = W, int(round(W / ratio[0]))
-    elif in_ratio > ratio[1]:
-        h, w = H, int(round(H * ratio[1]))
-    else:
-        w, h = W, H
-    h, w = min(h, H), min(w, W)
-    return (H - h) // 2, (W - w) // 2, h, w
+def normalize_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(x / 255 - mean) / std`` in float32 for uint8 images ``[B, C, H, W]`` (``mean``, ``std``:
+    [1, C, 1, 1] on ``x``'s device), computed where ``x`` is: folder batches cross to the GPU as uint8
+    (a quarter of the bytes of float32) and are normalised there."""
+    return (x.to(torch.float32).div_(255.0) - mean) / std
+
+
+def folder_transforms(image_size: int, flip: bool):
+    """torchvision ``transforms.v2`` pipelines for ImageFolder PIL images, each ending in a uint8
+    ``[3, S, S]`` tensor: ``(train, evaluate)``.
+
+    Training: ``RandomResizedCrop(S)`` (scale 0.08..1, ratio 3/4..4/3) and a horizontal flip, as in
+    PC-DARTS' ``train_search_imagenet.py`` and DARTS' ``train_imagenet.py``. Evaluation:
+    ``Resize(S / 0.875)`` (256 for 224) and ``CenterCrop(S)``. Random draws come from torch's global
+    generator; the caller seeds it per image.
+    """
+    from torchvision.transforms import v2
+
+    S = int(image_size)
+    train = [v2.RandomResizedCrop(S, antialias=True)] + ([v2.RandomHorizontalFlip()] if flip else [])
+    evaluate = [v2.Resize(max(S, int(round(S / 0.875))), antialias=True), v2.CenterCrop(S)]
+    return v2.Compose(train + [v2.PILToTensor()]), v2.Compose(evaluate + [v2.PILToTensor()])
