@@ -563,6 +563,92 @@ def stage_max_batch(args) -> int:
     return 0 if all(r.get("predicted_batch") for r in records) else 1
 
 
+# ------------------------------------------------------------------------------------- 7b imagenet
+IMAGENET_VARIANTS = ((False, "off"), (True, "off"), (False, "bf16"), (True, "bf16"))  # (recompute, amp)
+
+
+def imagenet_config(dry: bool, *, recompute: bool, amp: str, channels_last: bool = False, batch: int | None = None):
+    """The ``pcdarts-imagenet`` recipe with random images (digits at the recipe's 224 px stand in for
+    ImageNet: only the shapes matter; 10 classes instead of 1000 change the classifier's 0.3 MB). The
+    dry run: C=4, 2 cells, 64 px, batch 8."""
+    from fastdarts.config import SearchConfig, load_config, recipe_path
+
+    over = ["data=digits", "device=cpu" if dry else "device=cuda", f"recompute={str(recompute).lower()}",
+            f"amp={amp}", f"channels_last={str(channels_last).lower()}"]
+    over += ["C=4", "layers=2", "data.image_size=64", f"data.batch_size={batch or 8}"] if dry else \
+        ["data.image_size=224"] + ([f"data.batch_size={batch}"] if batch else [])
+    return load_config(SearchConfig, recipe_path("pcdarts-imagenet"), over)
+
+
+def imagenet_step_record(dry: bool, channels_last: bool, reps: int) -> dict:
+    """Time one PC-DARTS ImageNet search iteration (architecture + weight step) at the recipe's batch
+    1024 with recompute and bf16: images/s, peak bytes, host syncs."""
+    from fastdarts.plan import build_planned, planned_batch
+
+    cfg = imagenet_config(dry, recompute=True, amp="bf16", channels_last=channels_last)
+    method, shape, device, batch, classes = build_planned(cfg)
+    xy = planned_batch(cfg, shape, batch, classes, device)
+
+    def step():
+        method.step(xy, xy, 0)
+
+    # A step may take seconds here: the first one (warm-up, cuDNN choices) also gives the peak bytes,
+    # then `reps` timed steps, one when the first took over 4 s.
+    t0 = time.perf_counter()
+    peak = _peak_bytes(step, device) if device.type == "cuda" else None
+    reps = 1 if time.perf_counter() - t0 > 4.0 else reps
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        step()
+    _sync(device)
+    ms = (time.perf_counter() - t0) / reps * 1e3
+    return dict(name="imagenet_step/pcdarts/darts", method="pcdarts", space="darts",
+                backend="recompute+bf16" + ("+channels_last" if channels_last else ""), C=cfg.C,
+                layers=cfg.layers, image_size=shape[-1], batch=batch, step_ms=ms, images_per_s=batch / ms * 1e3,
+                peak_bytes=peak, reps=reps)
+
+
+def stage_imagenet(args) -> int:
+    """``fastdarts plan`` of the pcdarts-imagenet recipe at batch 1024 (plain, recompute, bf16, both)
+    on this card, then its measured step at batch 1024 with recompute + bf16, NCHW and channels_last."""
+    from fastdarts.plan import plan
+
+    device = _device(args.dry_run)
+    records = []
+    for recompute, amp in IMAGENET_VARIANTS:
+        variant = "+".join([*(["recompute"] if recompute else []), *([amp] if amp != "off" else [])]) or "plain"
+        try:
+            p = plan(imagenet_config(args.dry_run, recompute=recompute, amp=amp, batch=1024))
+            records.append(dict(name="imagenet_plan/pcdarts/darts", method="pcdarts", space="darts", backend=variant,
+                                how=p.how, fixed_bytes=p.fixed, bytes_per_sample=p.per_sample, memory=p.memory,
+                                largest_batch=p.largest_batch, batch=p.batch, fits=p.fits, table=p.table()))
+        except Exception as err:
+            records.append(dict(name="imagenet_plan/pcdarts/darts", backend=variant,
+                                skipped=f"{type(err).__name__}: {err}"))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        _save(args.state, "imagenet", dict(records=records))
+    for channels_last in (False, True):
+        try:
+            records.append(imagenet_step_record(args.dry_run, channels_last, reps=2 if device.type == "cuda" else 1))
+        except Exception as err:
+            records.append(dict(name="imagenet_step/pcdarts/darts", backend="recompute+bf16" +
+                                ("+channels_last" if channels_last else ""), skipped=f"{type(err).__name__}: {err}"))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        _save(args.state, "imagenet", dict(records=records))
+    _print_table(["pcdarts-imagenet", "variant", "MiB / sample", "largest batch", "batch 1024", "ms / step",
+                  "images/s"],
+                 [["plan" if "largest_batch" in r else "step", r.get("backend"),
+                   f"{r['bytes_per_sample'] / 2**20:.2f}" if "bytes_per_sample" in r else r.get("skipped", "–"),
+                   f"{r['largest_batch']:,}" if "largest_batch" in r else "–",
+                   ("fits" if r["fits"] else "does not fit") if "fits" in r else "–",
+                   f"{r['step_ms']:.0f}" if "step_ms" in r else "–",
+                   f"{r['images_per_s']:.0f}" if "images_per_s" in r else "–"] for r in records])
+    return 0 if all("skipped" not in r for r in records) else 1
+
+
 # ------------------------------------------------------------------------------------- 8 report
 def _stages(state: str) -> list[dict]:
     path = os.path.join(state, "stages.tsv")
@@ -586,7 +672,8 @@ def owed_figures(result: dict) -> list[str]:
     names = {"build": "CUDA build on this GPU", "cuda-tests": "cuda-marked tests",
              "int64-misaligned": "int64-offset and misaligned-view checks", "kernels": "kernel bandwidth table",
              "search": "search-step table", "search-compile": "darts auto+compile step",
-             "max-batch": "largest batch per memory budget"}
+             "max-batch": "largest batch per memory budget",
+             "imagenet": "pcdarts-imagenet plan and step at batch 1024"}
     for stage, what in names.items():
         if status.get(stage) != "ok":
             owed.append(f"{what} (stage {stage}: {status.get(stage, 'not run')})")
@@ -628,6 +715,20 @@ def gpu_check_markdown(result: dict) -> str:
         lines += [f"| {r['method']} | {r['backend']} | {r['bytes_per_sample'] / 2**20:.2f} | {r['predicted_batch']} | "
                   f"{'not verified' if r['max_batch'] is None else r['max_batch']} | "
                   f"{r['max_batch_budget_bytes'] / 2**30:.1f} GiB |" for r in batches]
+    imagenet = [r for r in result["records"] if r.get("name", "").startswith("imagenet_") and "skipped" not in r]
+    if imagenet:
+        lines += ["", "| pcdarts-imagenet (224 px, C=16, 8 cells) | variant | MiB / sample | largest batch | "
+                  "batch 1024 | ms / step | images/s |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {'plan' if 'largest_batch' in r else 'step at batch %d' % r['batch']} | {r['backend']} | "
+                  f"{r['bytes_per_sample'] / 2**20:.2f} | {r['largest_batch']:,} | "
+                  f"{'fits' if r['fits'] else 'does not fit'} | – | – |" if "largest_batch" in r else
+                  f"| step at batch {r['batch']} | {r['backend']} | – | – | "
+                  f"{'–' if r['peak_bytes'] is None else '%.1f GiB peak' % (r['peak_bytes'] / 2**30)} | "
+                  f"{r['step_ms']:.0f} | {r['images_per_s']:.0f} |" for r in imagenet]
+        tables = [r for r in imagenet if r.get("table") and r["backend"] == "recompute+bf16"]
+        if tables:
+            lines += ["", "`fastdarts plan pcdarts-imagenet recompute=true amp=bf16` on this card:", "", "```",
+                      tables[0]["table"], "```"]
     for dtype, best in gpu.get("auto_choice", {}).items():
         lines.append(f"\nBackend 'auto' at {best['numel']:,} elements × K={AUTO_CHOICE_K} ({dtype}): "
                      f"{best['backend']} is faster ({best['ms']:.3f} ms fwd+bwd).")
@@ -646,7 +747,7 @@ def build_result(state: str, dry: bool) -> dict:
     device = torch.device("cpu" if dry or not torch.cuda.is_available() else "cuda")
     kernels = _load(state, "kernels") or {}
     records = list(kernels.get("records", []))
-    for stage in ("search", "search_compile", "max_batch"):
+    for stage in ("search", "search_compile", "max_batch", "imagenet"):
         records += (_load(state, stage) or {}).get("records", [])
     result = dict(device=device_name(device), torch=torch.__version__, triton=env.get("triton"),
                   fastdarts=fastdarts.__version__, commit=_commit(), date=time.strftime("%Y-%m-%d"), quick=dry,
@@ -679,7 +780,7 @@ def stage_report(args) -> int:
 
 STAGES = {"env": stage_env, "build-check": stage_build_check, "int64": stage_int64, "kernels": stage_kernels,
           "search": stage_search, "search-compile": stage_search_compile, "max-batch": stage_max_batch,
-          "report": stage_report}
+          "imagenet": stage_imagenet, "report": stage_report}
 
 
 def main(argv=None) -> int:

@@ -8,9 +8,10 @@
 # whole run within 8 minutes even if every stage hits its cap):
 #   1 environment (GPU, clocks, torch, triton, nvcc)        5 kernel table + backend choice for "auto"
 #   2 build the CUDA extension, assert it is loaded          6 search-step table, host syncs per step
-#   3 the cuda-marked tests (and the Triton kernel tests)    6b darts auto+compile (own cap: compile time)
-#   4 int64-offset (n > 2^31, bf16, K=2) + misaligned views  7 largest batch within the card's memory
-#   8 report: benchmarks/results/<device>-<date>.json (+ .md), README table
+#   3 the cuda-marked tests (and the Triton kernel tests)    6a pcdarts-imagenet: plan + step at batch 1024
+#   4 int64-offset (n > 2^31, bf16, K=2) + misaligned views  6b darts auto+compile (own cap: compile time)
+#   7 largest batch within the card's memory                 8 report: benchmarks/results/<device>-<date>.json
+#                                                              (+ .md), README table
 # A failed or timed-out stage is recorded and the run goes on; the exit status is non-zero if
 # any stage failed. The dry run writes to $FASTDARTS_GPU_CHECK_OUT (default: a temporary
 # directory), never to benchmarks/results, and does not touch the README.
@@ -93,18 +94,19 @@ if [ "$DRY" = 1 ]; then
   skip_stage cuda-tests "CPU dry run"
 else
   # Never reinstall torch: --no-deps, and --no-build-isolation builds against the installed one.
-  run_stage build 130 bash -c "FASTDARTS_CUDA_ARCHS=90 MAX_JOBS=\${MAX_JOBS:-16} $PYTHON -m pip install -q \
+  run_stage build 110 bash -c "FASTDARTS_CUDA_ARCHS=90 MAX_JOBS=\${MAX_JOBS:-16} $PYTHON -m pip install -q \
 --no-build-isolation --no-deps -e . && $CHECK build-check --state '$STATE'"
-  run_stage cuda-tests 90 "$PYTHON" -m pytest -q -m "cuda or interpreter" tests/test_cuda_compile.py \
+  run_stage cuda-tests 80 "$PYTHON" -m pytest -q -m "cuda or interpreter" tests/test_cuda_compile.py \
     tests/test_cpp_ops.py tests/test_triton_mixed_sum.py tests/test_gates.py -p no:cacheprovider
 fi
 
-run_stage int64-misaligned 25 $CHECK int64 --state "$STATE" $MODE
-run_stage kernels 40 $CHECK kernels --state "$STATE" $MODE
-run_stage search 60 $CHECK search --state "$STATE" $MODE
-run_stage search-compile 55 $CHECK search-compile --state "$STATE" $MODE
-run_stage max-batch 55 $CHECK max-batch --state "$STATE" $MODE
-run_stage report 15 $CHECK report --state "$STATE" --out "$OUT" $MODE
+run_stage int64-misaligned 20 $CHECK int64 --state "$STATE" $MODE
+run_stage kernels 35 $CHECK kernels --state "$STATE" $MODE
+run_stage search 50 $CHECK search --state "$STATE" $MODE
+run_stage imagenet 75 $CHECK imagenet --state "$STATE" $MODE
+run_stage search-compile 45 $CHECK search-compile --state "$STATE" $MODE
+run_stage max-batch 45 $CHECK max-batch --state "$STATE" $MODE
+run_stage report 10 $CHECK report --state "$STATE" --out "$OUT" $MODE
 
 echo
 echo "gpu_check: $(( $(date +%s) - START )) s in all; results in $OUT; stage log $STATE/stages.tsv"

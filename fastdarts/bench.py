@@ -12,8 +12,9 @@ backend, and the largest batch that fits a memory budget (CUDA: found by search;
 estimated from the bytes per sample).
 
 Pipeline records (``fastdarts bench pipeline``) measure the images/s of the ImageFolder training
-loader (PIL decode, RandomResizedCrop + flip, normalisation) on the CPU for 0 and 2 DataLoader
-workers, on a generated folder of JPEGs.
+loader (PIL decode, torchvision v2 RandomResizedCrop + flip, uint8 batches normalised in the main
+process, where a CUDA search normalises on the GPU) on the CPU for 0 and 2 DataLoader workers, on a
+generated folder of JPEGs.
 
 Results go to ``<out>/<device>-<YYYYMMDD>.json`` (+ ``.md``, ``.png``; the pipeline:
 ``<out>/pipeline-<device>-<YYYYMMDD>.{json,md}``); the README's performance table is regenerated
@@ -325,11 +326,11 @@ def bench_pipeline(root: str, *, image_size: int = 224, batch: int = 32, workers
 
     ``workers`` defaults to :data:`PIPELINE_WORKERS` and the default count ``data.num_workers`` resolves
     to here. The loader is the one a folder search uses for its weight split (``pcdarts-imagenet``): PIL
-    decode, RandomResizedCrop(scale 0.08..1, ratio 3/4..4/3) to ``image_size`` + flip, normalisation,
-    batches assembled by :class:`fastdarts.data.EpochLoader`. One repeat is one full epoch (a different
-    epoch each time, so different crops), timed from the first ``iter`` to the last batch. The workers
-    persist across epochs, as in a search: their start-up falls in the first repeat only. One batch is
-    read untimed first.
+    decode, torchvision v2 RandomResizedCrop(scale 0.08..1, ratio 3/4..4/3) to ``image_size`` + flip,
+    uint8 batches assembled by :class:`fastdarts.data.EpochLoader` and normalised in this process. One
+    repeat is one full epoch (a different epoch each time, so different crops), timed from the first
+    ``iter`` to the last batch. The workers persist across epochs, as in a search: their start-up falls
+    in the first repeat only. One batch is read untimed first.
     """
     from fastdarts.data import DataConfig, build_train_data
     from fastdarts.data.config import resolve_num_workers
@@ -365,11 +366,13 @@ def bench_pipeline(root: str, *, image_size: int = 224, batch: int = 32, workers
 
 def pipeline_markdown(result: dict) -> str:
     """Markdown table of a pipeline result file."""
-    lines = [f"**{result['device']}** · torch {result['torch']} · Pillow {result['pillow']} · commit "
+    lines = [f"**{result['device']}** · torch {result['torch']} · torchvision {result.get('torchvision', '–')} · "
+             f"Pillow {result['pillow']} · commit "
              f"{result['commit']} · {result['date']} · load average {result['load_avg_before'][0]:.2f} before, "
              f"{result['load_avg_after'][0]:.2f} after", "",
              (f"{result['images']} generated {result['source_px']} px JPEGs" if result["images"] else
-              f"ImageFolder {result['data']}") + "; training transform RandomResizedCrop + flip + normalise", "",
+              f"ImageFolder {result['data']}") + "; training transform RandomResizedCrop + flip (torchvision "
+             "v2), uint8 batches normalised in the main process", "",
              "| workers | torch threads per decoding process | batch | output px | images/epoch | repeats | "
              "images/s (median) |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['workers']} | {r['decode_threads']} | {r['batch']} | {r['image_size']} | "
@@ -384,6 +387,7 @@ def run_pipeline_bench(out: str = os.path.join("benchmarks", "results"), *, data
     import tempfile
 
     import PIL
+    import torchvision
 
     classes, per_class, repeats = (2, 4, 1) if quick else (8, 32, 5)
     load_before = os.getloadavg()
@@ -391,8 +395,8 @@ def run_pipeline_bench(out: str = os.path.join("benchmarks", "results"), *, data
         root = data if data is not None else write_jpeg_folder(tmp, classes, per_class, 224)
         records = bench_pipeline(root, repeats=repeats, batch=4 if quick else 32)
     result = dict(kind="pipeline", device=device_name(torch.device("cpu")), torch=torch.__version__,
-                  pillow=PIL.__version__, fastdarts=fastdarts.__version__, commit=_commit(),
-                  date=time.strftime("%Y-%m-%d"), quick=quick, threads=torch.get_num_threads(),
+                  torchvision=torchvision.__version__, pillow=PIL.__version__, fastdarts=fastdarts.__version__,
+                  commit=_commit(), date=time.strftime("%Y-%m-%d"), quick=quick, threads=torch.get_num_threads(),
                   data=data or "generated", source_px=None if data else 224,
                   images=None if data else classes * per_class, load_avg_before=list(load_before),
                   load_avg_after=list(os.getloadavg()), pipeline=records)

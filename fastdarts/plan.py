@@ -12,7 +12,8 @@ The bytes of one search step are modelled as affine in the batch: ``fixed + per_
   This leaves out the transient buffers of backward (gradients of activations, freed as they
   are used) and the second forwards of second-order DARTS / Λ-DARTS, which free their graphs.
 
-Both honour the configured method (its supernet and optimisers), backend, recompute and amp.
+Both honour the configured method (its supernet and optimisers), backend, recompute, amp and
+channels_last.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def build_planned(cfg: SearchConfig):
     model = build_supernet(cfg.space, cfg.method, cfg.C, data.num_classes, cfg.layers, supernet=cfg.supernet,
                            stem=cfg.stem, backend=cfg.backend, recompute=cfg.recompute,
                            in_channels=data.in_channels, **net_options).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     method = cls(model, hyper)
     method.set_amp(cfg.amp)
     method.begin_epoch(max(int(hyper.get("arch_warmup", 0)), 0))  # past any warm-up: both steps run
@@ -118,9 +121,12 @@ def build_planned(cfg: SearchConfig):
     return method, shape, device, int(cfg.data.batch_size), data.num_classes
 
 
-def _batch(shape, n: int, classes: int, device):
+def planned_batch(cfg: SearchConfig, shape, n: int, classes: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch of ``n`` images shaped as the search's (``channels_last`` as configured)."""
     g = torch.Generator().manual_seed(n)
     x = torch.randn((n, *shape), generator=g).to(device)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     return x, torch.randint(0, classes, (n,), generator=g).to(device)
 
 
@@ -131,12 +137,12 @@ def plan(cfg: SearchConfig, memory: int | None = None, batches: tuple[int, int] 
     """
     method, shape, device, batch, classes = build_planned(cfg)
     b1, b2 = batches
-    xy1 = _batch(shape, b1, classes, device)
+    xy1 = planned_batch(cfg, shape, b1, classes, device)
     method.step(xy1, xy1, 0)  # warm-up: optimiser states exist from here on
     if device.type == "cuda":
         peaks = []
         for b in batches:
-            xy = _batch(shape, b, classes, device)
+            xy = planned_batch(cfg, shape, b, classes, device)
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             method.step(xy, xy, 0)
@@ -146,7 +152,7 @@ def plan(cfg: SearchConfig, memory: int | None = None, batches: tuple[int, int] 
     else:
         nets = []
         for b in batches:
-            x, _ = _batch(shape, b, classes, device)
+            x, _ = planned_batch(cfg, shape, b, classes, device)
             with method.autocast():
                 nets.append(forward_net_bytes(method.model, x))
         state = (2 * _tensor_bytes(method.weights) + 2 * _tensor_bytes(method.arch)  # tensors + gradients

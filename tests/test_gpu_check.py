@@ -65,6 +65,23 @@ def test_search_step_and_largest_batch(gc):
     assert mb["fixed_bytes"] + mb["bytes_per_sample"] * (mb["max_batch"] + 1) > budget * 0.999
 
 
+def test_imagenet_stage_plans_four_variants_and_times_both_layouts(gc, tmp_path):
+    args = type("Args", (), dict(state=str(tmp_path), dry_run=True))()
+    assert gc.stage_imagenet(args) == 0
+    records = json.loads((tmp_path / "imagenet.json").read_text())["records"]
+    plans = [r for r in records if r["name"] == "imagenet_plan/pcdarts/darts"]
+    assert [r["backend"] for r in plans] == ["plain", "recompute", "bf16", "recompute+bf16"]
+    assert all(r["batch"] == 1024 and r["bytes_per_sample"] > 0 and "largest batch that fits" in r["table"]
+               for r in plans)
+    # recompute keeps a cell's inputs instead of its activations: fewer bytes per sample
+    assert plans[1]["bytes_per_sample"] < plans[0]["bytes_per_sample"]
+    steps = [r for r in records if r["name"] == "imagenet_step/pcdarts/darts"]
+    assert [r["backend"] for r in steps] == ["recompute+bf16", "recompute+bf16+channels_last"]
+    assert all(r["step_ms"] > 0 and r["images_per_s"] > 0 for r in steps)
+    text = gc.gpu_check_markdown(dict(records=records, gpu_check=dict(stages=[], targets=[], owed=[])))
+    assert "| plan | recompute+bf16 |" in text and "fastdarts plan pcdarts-imagenet" in text
+
+
 def test_report_merges_the_stages(gc, tmp_path):
     state, out = tmp_path / "state", tmp_path / "out"
     records, copy_bw = gc.bench_kernel_table(CPU, [torch.float32], [200], K=8, reps=1)
@@ -87,7 +104,7 @@ def test_report_merges_the_stages(gc, tmp_path):
 
 def test_owed_figures_name_failed_stages_and_missed_targets(gc):
     result = dict(gpu_check=dict(dry_run=False, stages=[dict(stage=s, status="ok") for s in (
-        "build", "cuda-tests", "int64-misaligned", "kernels", "search", "search-compile")] +
+        "build", "cuda-tests", "int64-misaligned", "kernels", "search", "imagenet", "search-compile")] +
         [dict(stage="max-batch", status="timeout")], targets=[dict(what="cuda float32 n=16,777,216", met=False)]))
     owed = gc.owed_figures(result)
     assert owed == ["largest batch per memory budget (stage max-batch: timeout)",

@@ -8,7 +8,7 @@ from fastdarts.bench import forward_net_bytes
 from fastdarts.cli import main
 from fastdarts.config import SearchConfig
 from fastdarts.data import DataConfig
-from fastdarts.plan import _batch, build_planned, parse_memory, plan
+from fastdarts.plan import build_planned, parse_memory, plan, planned_batch
 
 TINY = dict(C=4, layers=3, device="cpu", data=DataConfig(batch_size=8, image_size=16))
 
@@ -30,7 +30,7 @@ def test_cpu_plan_against_a_real_step(method):
     cfg = SearchConfig(method=method, **TINY)
     p = plan(cfg)  # fitted at batch 2 and 4
     m, shape, device, _, classes = build_planned(cfg)
-    xy = _batch(shape, 8, classes, device)
+    xy = planned_batch(cfg, shape, 8, classes, device)
     m.step(xy, xy, 0)  # optimiser states and gradients now exist, as in the plan's fixed bytes
     resident = (sum(t.numel() * t.element_size() for t in [*m.weights, *m.arch, *m.model.buffers()])
                 + sum(p_.grad.numel() * p_.grad.element_size() for p_ in [*m.weights, *m.arch] if p_.grad is not None)
