@@ -127,6 +127,19 @@ def _images(ws: Path, corrupt: bool = True, empty_class: bool = False) -> None:
 IMAGES = ("data=./imgs", "data.batch_size=2", "data.subset=1", "data.arch_subset=1", "epochs=1")
 
 
+def _subsets_naming_a_missing_image(ws: Path) -> None:
+    """imgs/ and a run/subsets.json drawn from it whose weight split names an image imgs/ lacks."""
+    from fastdarts.data import DataConfig, build_search_data
+    from fastdarts.subsets import save_subsets
+
+    _images(ws, corrupt=False)
+    (ws / "run").mkdir()
+    path = str(ws / "run" / "subsets.json")
+    cfg = DataConfig(name=str(ws / "imgs"), batch_size=2, subset=1, arch_subset=1)
+    record = build_search_data(cfg, SearchConfig().seed, subsets_file=path).subsets
+    save_subsets(path, dict(record, weights=["a/gone.png", *record["weights"][1:]]))
+
+
 def _cifar_without_batch_3(ws: Path) -> None:
     (ws / "cifar").mkdir()
     for name in ["data_batch_1", "data_batch_2", "data_batch_4", "data_batch_5", "test_batch"]:
@@ -289,6 +302,10 @@ CASES = [
          cpu_only=True),
     Case("`fastdarts search amp=fp16` on a machine without CUDA", search("amp=fp16"), cpu_only=True),
     Case("`fastdarts search checkpoint_every=0`", search("checkpoint_every=0")),
+    Case("`fastdarts search stem=imagenet data.image_size=32` (the ImageNet stem needs 64 px or more)",
+         search("stem=imagenet", "data.image_size=32")),
+    Case("`fastdarts search data=./imgs run_dir=run` where `run/subsets.json` lists an image `imgs/` lacks",
+         with_setup(_subsets_naming_a_missing_image, search(*IMAGES, "run_dir=run"))),
     # data
     Case("`fastdarts search data=./nowhere`", search("data=./nowhere")),
     Case("`fastdarts search data=./empty` (an empty folder)", with_file("empty", None, search("data=./empty"))),
