@@ -121,7 +121,7 @@ class TrainConfig:
     lr_decay_period: int = 1
     lr_schedule_offset: int = 0
     label_smoothing: float = 0.0  # ε of (1 − ε)·one_hot + ε/classes (train_imagenet.py CrossEntropyLabelSmooth)
-    stem: str = "cifar"  # "cifar": NetworkCIFAR; "imagenet": quark0's NetworkImageNet (not available yet)
+    stem: str = "cifar"  # "cifar": NetworkCIFAR; "imagenet": quark0's NetworkImageNet (three stride-2 stems)
 
 
 def _field_types(cls) -> dict[str, Any]:

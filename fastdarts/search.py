@@ -105,7 +105,7 @@ log = logging.getLogger("fastdarts")
 # trajectory. Execution choices (device, backend, recompute, logging, epochs to extend) may change.
 RESUME_KEYS = ("method", "space", "supernet", "stem", "C", "layers", "seed", "optim", "method_options",
                "data.name", "data.batch_size", "data.train_portion", "data.image_size", "data.augment",
-               "data.cutout", "data.subset", "data.arch_subset")
+               "data.cutout", "data.color_jitter", "data.subset", "data.arch_subset")
 
 
 @dataclass
@@ -152,19 +152,27 @@ def get_rank_logger() -> logging.Logger:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device) -> float:
-    """Top-1 accuracy (%) of ``model`` (logits or ``(logits, aux)``) on ``loader``, in eval mode."""
+def accuracies(model: torch.nn.Module, loader, device: torch.device, ks: tuple[int, ...] = (1,)) -> list[float]:
+    """Top-k accuracies (%) of ``model`` (logits or ``(logits, aux)``) on ``loader`` for each k of ``ks``
+    (at most the number of classes), in eval mode."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    correct = torch.zeros(len(ks), dtype=torch.long, device=device)
     total = 0
     for x, y in loader:
         out = model(x.to(device, non_blocking=True))
         logits = out[0] if isinstance(out, tuple) else out
-        correct += (logits.argmax(1) == y.to(device, non_blocking=True)).sum()  # read once, at the end
+        ranked = logits.topk(max(ks), dim=1).indices  # [B, max k], best first
+        hit = ranked == y.to(device, non_blocking=True).view(-1, 1)
+        correct += torch.stack([hit[:, :k].any(1).sum() for k in ks])  # read once, at the end
         total += y.numel()
     model.train(was_training)
-    return 100.0 * correct.item() / max(total, 1)
+    return [100.0 * c / max(total, 1) for c in correct.tolist()]
+
+
+def evaluate(model: torch.nn.Module, loader, device: torch.device) -> float:
+    """Top-1 accuracy (%) of ``model`` (logits or ``(logits, aux)``) on ``loader``, in eval mode."""
+    return accuracies(model, loader, device)[0]
 
 
 def _coerce_config(config) -> SearchConfig:

@@ -5,7 +5,7 @@ Run directory layout::
     config.yaml        resolved configuration
     genotype.json      the genotype trained (a copy)
     train.log          log (also printed)
-    metrics.csv        one row per epoch (lr, training loss and accuracy, held-out accuracy)
+    metrics.csv        one row per epoch (lr, training loss and accuracy, held-out top-1 and top-5 accuracy)
     tb/                TensorBoard scalars
     checkpoint.pt      atomic, written each epoch; ``fastdarts train --resume RUN_DIR`` continues it
     model.pt           the final weights (a ``state_dict``)
@@ -39,15 +39,16 @@ from fastdarts.config import STEMS, TrainConfig, to_dict
 from fastdarts.data import build_train_data
 from fastdarts.determinism import deterministic_mode
 from fastdarts.genotype import load_genotype, save_genotype
-from fastdarts.search import evaluate, get_logger, interrupted_message, trim_metrics_csv
+from fastdarts.search import accuracies, get_logger, interrupted_message, trim_metrics_csv
 from fastdarts.spaces import build_network
+from fastdarts.spaces.imagenet import check_image_size
 from fastdarts.validate import check_choice, check_run_dir, validate_train_config
 
 # Config keys a resumed retraining must share with its checkpoint (see fastdarts.search.RESUME_KEYS).
 RESUME_KEYS = ("genotype", "C", "layers", "auxiliary", "auxiliary_weight", "drop_path_prob", "seed", "lr", "lr_min",
                "momentum", "weight_decay", "grad_clip", "data.name", "data.batch_size", "data.image_size",
                "data.augment", "data.cutout", "lr_schedule", "lr_gamma", "lr_decay_period", "lr_schedule_offset",
-               "label_smoothing", "stem")
+               "label_smoothing", "stem", "data.color_jitter")
 LR_SCHEDULES = ("cosine", "step")
 MODEL_FILE = "model.pt"
 
@@ -72,15 +73,12 @@ def check_train_settings(cfg: TrainConfig) -> None:
 
     Raises:
         ValueError: for an unknown ``lr_schedule`` or ``stem``, a ``lr_gamma`` outside (0, 1], or
-            ``stem="imagenet"`` (quark0's ``NetworkImageNet`` is not available yet).
+            an unknown ``stem``.
     """
     check_choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     check_choice("stem", cfg.stem, STEMS)
     if not 0.0 < cfg.lr_gamma <= 1.0:
         raise ValueError(f"lr_gamma must be in (0, 1], got {cfg.lr_gamma!r}")
-    if cfg.stem == "imagenet":
-        raise ValueError("stem=imagenet (quark0's NetworkImageNet, needed by the darts-imagenet-train recipe) is not "
-                         "available yet; the darts-cifar10-train recipe (stem=cifar) trains the CIFAR network")
 
 
 def _default_run_dir(genotype: str) -> str:
@@ -137,8 +135,10 @@ def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resum
     torch.manual_seed(cfg.seed)
     data = build_train_data(cfg.data, cfg.seed, device=device, channels_last=cfg.channels_last)
     cleanup.callback(data.close)
+    if cfg.stem == "imagenet":
+        check_image_size(data.image_size)
     model = build_network(genotype, cfg.C, data.num_classes, cfg.layers, auxiliary=cfg.auxiliary,
-                          in_channels=data.in_channels).to(device)
+                          in_channels=data.in_channels, stem=cfg.stem).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = sum(p.numel() for name, p in model.named_parameters() if "auxiliary" not in name)
@@ -166,13 +166,15 @@ def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resum
     csv_path = os.path.join(run_dir, "metrics.csv")
     if not resume or not os.path.isfile(csv_path):
         with open(csv_path, "w", newline="") as f:
-            csv.writer(f).writerow(["epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds"])
+            csv.writer(f).writerow(["epoch", "lr", "train_loss", "train_acc", "test_acc", "test_acc5", "seconds"])
     else:
         trim_metrics_csv(csv_path, start)
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(os.path.join(run_dir, "tb"))
-    test_acc = evaluate(model, data.test, device) if start >= cfg.epochs else 0.0  # resuming a finished run
+    # top-1 and top-5 (train_imagenet.py reports both; top-k over at most the number of classes)
+    ks = (1, min(5, data.num_classes))
+    test_acc = accuracies(model, data.test, device, ks)[0] if start >= cfg.epochs else 0.0  # a finished run
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
         lr = lr_at(cfg, epoch)
@@ -196,13 +198,14 @@ def _train(cfg: TrainConfig, genotype, run_dir: str, device: torch.device, resum
             total_loss += loss.item() * y.numel()
             correct += (logits.argmax(1) == y).sum().item()
             count += y.numel()
-        test_acc = evaluate(model, data.test, device)
+        test_acc, test_acc5 = accuracies(model, data.test, device, ks)
         with open(csv_path, "a", newline="") as f:
-            csv.writer(f).writerow([epoch, lr, total_loss / count, 100.0 * correct / count, test_acc, time.time() - t0])
-        logger.info("epoch %d/%d lr %.5f loss %.4f train %.2f%% test %.2f%%", epoch + 1, cfg.epochs, lr,
-                    total_loss / count, 100.0 * correct / count, test_acc)
+            csv.writer(f).writerow([epoch, lr, total_loss / count, 100.0 * correct / count, test_acc, test_acc5,
+                                    time.time() - t0])
+        logger.info("epoch %d/%d lr %.5f loss %.4f train %.2f%% test %.2f%% (top-%d %.2f%%)", epoch + 1, cfg.epochs,
+                    lr, total_loss / count, 100.0 * correct / count, test_acc, ks[1], test_acc5)
         for key, value in (("lr", lr), ("train_loss", total_loss / count), ("train_acc", 100.0 * correct / count),
-                           ("test_acc", test_acc)):
+                           ("test_acc", test_acc), ("test_acc5", test_acc5)):
             writer.add_scalar(f"train/{key}", value, epoch)
         save_checkpoint(ckpt_path, {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                     "rng": torch.get_rng_state(), "config": to_dict(cfg)})

@@ -23,7 +23,7 @@ def folder(tmp_path_factory):
     return write_jpeg_folder(str(tmp_path_factory.mktemp("jpegs")), 3, 8, 40)
 
 
-def _reference_image(path: str, seed: int | None) -> torch.Tensor:
+def _reference_image(path: str, seed: int | None, jitter=None) -> torch.Tensor:
     """One image as torchvision's classic ImageNet recipe makes it (PIL in, seeded torch RNG), then
     normalised and, for a training image, quark0's cutout after normalisation."""
     img = Image.open(path).convert("RGB")
@@ -34,7 +34,8 @@ def _reference_image(path: str, seed: int | None) -> torch.Tensor:
         return (x.float() / 255 - mean) / std
     torch.manual_seed(seed)
     x = v2.Compose([v2.RandomResizedCrop(SIZE, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
-                    v2.RandomHorizontalFlip(0.5), v2.PILToTensor()])(img)
+                    v2.RandomHorizontalFlip(0.5), *([v2.ColorJitter(*jitter)] if jitter else []),
+                    v2.PILToTensor()])(img)
     cy, cx = torch.randint(0, SIZE, (2,)).tolist()
     x = (x.float() / 255 - mean) / std
     h = CUTOUT // 2
@@ -42,16 +43,16 @@ def _reference_image(path: str, seed: int | None) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_batches_are_the_torchvision_recipe_per_image_seeds(folder, workers):
+@pytest.mark.parametrize("workers,jitter", [(0, None), (2, None), (2, [0.4, 0.4, 0.4, 0.2])])
+def test_batches_are_the_torchvision_recipe_per_image_seeds(folder, workers, jitter):
     data = build_search_data(DataConfig(name=folder, batch_size=4, image_size=SIZE, cutout=CUTOUT,
-                                        num_workers=workers), seed=5)
+                                        num_workers=workers, color_jitter=jitter), seed=5)
     try:
         paths = data.train.source.dataset.paths
         for epoch in (0, 1):
             idx, aug_seed, _ = next(data.train._specs(epoch, 1))
             x, y = list(data.train.iterate(epoch))[1]
-            want = torch.stack([_reference_image(paths[i], s) for i, s in _sample_keys(idx, aug_seed)])
+            want = torch.stack([_reference_image(paths[i], s, jitter) for i, s in _sample_keys(idx, aug_seed)])
             # The same float32 operations in the same order: equal bit for bit.
             assert torch.equal(x, want)
             assert torch.equal(y, data.train.labels.new_tensor([data.train.source.dataset.labels[i] for i in idx]))

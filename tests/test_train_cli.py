@@ -101,14 +101,6 @@ def test_recipes_hold_the_published_settings(genotype, capsys):
             assert f.readline().startswith("#")  # each file opens saying where its values come from
 
 
-def test_imagenet_recipe_refuses_with_one_line(genotype, capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert main(["train", genotype, "darts-imagenet-train", f"data.root={tmp_path}"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "stem=imagenet" in err and "not available yet" in err
-    assert not os.path.exists(tmp_path / "runs")
-
-
 def test_unknown_train_recipe_names_the_closest(genotype, capsys):
     assert main(["train", genotype, "digit-train"]) == 2
     err = capsys.readouterr().err

@@ -34,6 +34,9 @@ class DataConfig:
     # None: min(8, CPU count) for an ImageFolder (resolve_num_workers); the count never changes the batches.
     num_workers: int | None = None
     skip_corrupt: bool = False  # ImageFolder: drop unreadable images from their batch (logged) instead of stopping
+    # ImageFolder training images: torchvision ColorJitter(brightness, contrast, saturation, hue) after the flip
+    # (quark0 train_imagenet.py: [0.4, 0.4, 0.4, 0.2]); None: off.
+    color_jitter: list | None = None
 
     def __post_init__(self):
         if isinstance(self.name, os.PathLike):
@@ -54,6 +57,13 @@ class DataConfig:
             raise ValueError(f"DataConfig.subset must be in (0, 1], got {self.subset}")
         if self.arch_subset is not None and not 0.0 < float(self.arch_subset) <= 1.0:
             raise ValueError(f"DataConfig.arch_subset must be in (0, 1] or None, got {self.arch_subset}")
+        if self.color_jitter is not None:
+            jitter = list(self.color_jitter)
+            if (len(jitter) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in jitter)
+                    or min(jitter) < 0 or jitter[3] > 0.5):
+                raise ValueError("DataConfig.color_jitter must be [brightness, contrast, saturation, hue], each >= 0 "
+                                 f"and hue <= 0.5, or None; got {self.color_jitter!r}")
+            self.color_jitter = [float(v) for v in jitter]
         if self.num_workers is not None:
             if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int):
                 raise TypeError(f"DataConfig.num_workers must be an integer >= 0 or None, got "

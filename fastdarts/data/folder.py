@@ -32,7 +32,7 @@ class _FolderDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], *, image_size: int, mean, std,
-                 flip: bool, cutout: int):
+                 flip: bool, cutout: int, color_jitter: list | None = None):
         self.paths = list(paths)
         self.labels = [int(v) for v in labels]
         self.image_size = int(image_size)
@@ -40,7 +40,7 @@ class _FolderDataset(torch.utils.data.Dataset):
         self.std = tuple(float(s) for s in std)
         self.flip = bool(flip)
         self.cutout = int(cutout)
-        self.train_transform, self.eval_transform = folder_transforms(self.image_size, self.flip)
+        self.train_transform, self.eval_transform = folder_transforms(self.image_size, self.flip, color_jitter)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -105,7 +105,8 @@ def _load_imagefolder(cfg: DataConfig, root: str) -> _Loaded:
     paths = [p for c in classes for p in scanned[c]]
     labels = [class_idx[c] for c in classes for _ in scanned[c]]
     S = int(cfg.image_size or _DEFAULT_SIZE["imagefolder"])
-    common = dict(image_size=S, mean=IMAGENET_MEAN, std=IMAGENET_STD, flip=True, cutout=cfg.cutout)
+    common = dict(image_size=S, mean=IMAGENET_MEAN, std=IMAGENET_STD, flip=True, cutout=cfg.cutout,
+                  color_jitter=cfg.color_jitter)
     if val_root is not None:
         vscan = _scan_class_dirs(val_root)
         unknown = [c for c in vscan if c not in class_idx]

@@ -69,6 +69,9 @@ def _resolve(cfg: DataConfig) -> tuple[str, str | None]:
 
 def _load(cfg: DataConfig) -> _Loaded:
     kind, folder = _resolve(cfg)
+    if cfg.color_jitter is not None and kind != "imagefolder":
+        raise ValueError(f"data.color_jitter applies to ImageFolder images (torchvision ColorJitter per image); "
+                         f"{cfg.name} is {kind} data: remove it")
     if kind == "digits":
         return _load_digits(cfg)
     if kind in ("cifar10", "cifar100"):

@@ -59,18 +59,21 @@ def normalize_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
     return (x.to(torch.float32).div_(255.0) - mean) / std
 
 
-def folder_transforms(image_size: int, flip: bool):
+def folder_transforms(image_size: int, flip: bool, color_jitter: list | None = None):
     """torchvision ``transforms.v2`` pipelines for ImageFolder PIL images, each ending in a uint8
     ``[3, S, S]`` tensor: ``(train, evaluate)``.
 
     Training: ``RandomResizedCrop(S)`` (scale 0.08..1, ratio 3/4..4/3) and a horizontal flip, as in
-    PC-DARTS' ``train_search_imagenet.py`` and DARTS' ``train_imagenet.py``. Evaluation:
-    ``Resize(S / 0.875)`` (256 for 224) and ``CenterCrop(S)``. Random draws come from torch's global
-    generator; the caller seeds it per image.
+    PC-DARTS' ``train_search_imagenet.py`` and DARTS' ``train_imagenet.py``, then, when given,
+    ``ColorJitter(*color_jitter)`` (``train_imagenet.py``). Evaluation: ``Resize(S / 0.875)`` (256
+    for 224) and ``CenterCrop(S)``. Random draws come from torch's global generator; the caller
+    seeds it per image.
     """
     from torchvision.transforms import v2
 
     S = int(image_size)
     train = [v2.RandomResizedCrop(S, antialias=True)] + ([v2.RandomHorizontalFlip()] if flip else [])
+    if color_jitter is not None:
+        train.append(v2.ColorJitter(*color_jitter))
     evaluate = [v2.Resize(max(S, int(round(S / 0.875))), antialias=True), v2.CenterCrop(S)]
     return v2.Compose(train + [v2.PILToTensor()]), v2.Compose(evaluate + [v2.PILToTensor()])

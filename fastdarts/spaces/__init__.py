@@ -108,23 +108,33 @@ def build_supernet(space: str = "darts", method: str = "darts", C: int = 16, num
 
 
 def build_network(genotype, C: int = 36, num_classes: int = 10, layers: int | None = None, *,
-                  auxiliary: bool = False, drop_path_prob: float = 0.0, in_channels: int = 3) -> nn.Module:
+                  auxiliary: bool = False, drop_path_prob: float = 0.0, in_channels: int = 3,
+                  stem: str = "cifar") -> nn.Module:
     """Build the discrete network of a genotype.
 
     DARTS genotypes give quark0's ``NetworkCIFAR`` (``layers`` cells, default 20, drop path,
-    optional auxiliary head; ``forward`` returns ``(logits, aux_logits)``). NAS-Bench-201
-    genotypes give the NAS-Bench-201 network (``layers`` cells per stage, default 5;
-    ``forward`` returns ``(logits, None)``).
+    optional auxiliary head; ``forward`` returns ``(logits, aux_logits)``), or with
+    ``stem="imagenet"`` its ``NetworkImageNet`` (default 14 cells; three stride-2 stem convolutions,
+    images of at least 64 px). NAS-Bench-201 genotypes give the NAS-Bench-201 network (``layers``
+    cells per stage, default 5; ``forward`` returns ``(logits, None)``).
     """
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
     if isinstance(genotype, (Genotype, NB201Genotype)):
         validate_genotype(genotype)  # an input out of range is a clear ValueError here, not an IndexError later
     if isinstance(genotype, NB201Genotype):
         from fastdarts.spaces.nb201 import NB201Network
 
+        if stem != "cifar":
+            raise ValueError(f"stem={stem!r} builds DARTS-space networks; a NAS-Bench-201 genotype has one network")
+
         return NB201Network(genotype, C, num_classes, 5 if layers is None else layers, in_channels=in_channels)
     if not isinstance(genotype, Genotype):
         raise TypeError(f"expected a Genotype or NB201Genotype, got {type(genotype).__name__}")
-    from fastdarts.spaces.darts import NetworkCIFAR
+    from fastdarts.spaces.darts import NetworkCIFAR, NetworkImageNet
 
+    if stem == "imagenet":
+        return NetworkImageNet(C, num_classes, 14 if layers is None else layers, auxiliary, genotype,
+                               in_channels=in_channels, drop_path_prob=drop_path_prob)
     return NetworkCIFAR(C, num_classes, 20 if layers is None else layers, auxiliary, genotype,
                         in_channels=in_channels, drop_path_prob=drop_path_prob)

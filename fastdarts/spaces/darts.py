@@ -3,7 +3,8 @@
 The supernet reproduces quark0/darts ``cnn/model_search.py`` ``Network`` (and, with
 partial channels, PC-DARTS' ``model_search.py``) module for module, so an original
 state_dict loads with ``strict=True`` and equal weights and α give equal logits.
-The evaluation network reproduces quark0/darts ``cnn/model.py`` ``NetworkCIFAR``.
+The evaluation networks reproduce quark0/darts ``cnn/model.py`` ``NetworkCIFAR`` and
+``NetworkImageNet`` module for module (same state_dict keys and shapes).
 """
 
 from __future__ import annotations
@@ -279,6 +280,90 @@ class NetworkCIFAR(nn.Module):
     def forward(self, x):
         logits_aux = None
         s0 = s1 = self.stem(x)
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == 2 * self._layers // 3 and self._auxiliary and self.training:
+                logits_aux = self.auxiliary_head(s1)
+        out = self.global_pooling(s1)
+        return self.classifier(out.view(out.size(0), -1)), logits_aux
+
+
+class AuxiliaryHeadImageNet(nn.Module):
+    """quark0's ImageNet auxiliary head (``model.py`` ``AuxiliaryHeadImageNet``), for the 7×7 maps after
+    the second reduction at 224 px; like the CIFAR head, maps under 5 px are pooled adaptively to 2×2.
+
+    ⚠ quark0 left out the BatchNorm after the 768-channel convolution ("omitted in my earlier
+    implementation due to a typo", kept out for the paper's experiments); so does this head.
+    """
+
+    def __init__(self, C: int, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        if x.shape[-1] < 5:
+            x = self.features[2:](F.adaptive_avg_pool2d(F.relu(x), 2))
+        else:
+            x = self.features(x)
+        return self.classifier(x.view(x.size(0), -1))
+
+
+class NetworkImageNet(nn.Module):
+    """quark0's discrete ImageNet network (``forward`` returns ``(logits, aux_logits or None)``).
+
+    ``stem0`` = Conv3×3 s2 (3 → C/2), BN, ReLU, Conv3×3 s2 (→ C), BN; ``stem1`` = ReLU, Conv3×3 s2, BN:
+    cell 0 sees 1/4 and 1/8 of the input side and reduces the first (``reduction_prev``). quark0 pools
+    the last 7×7 maps with ``AvgPool2d(7)`` (224 px only); the global average here is the same mean
+    and takes other sizes (multiples of 32, at least 64 px).
+    """
+
+    def __init__(self, C: int, num_classes: int, layers: int, auxiliary: bool, genotype: Genotype,
+                 in_channels: int = 3, drop_path_prob: float = 0.0):
+        super().__init__()
+        self._layers = layers
+        self._auxiliary = auxiliary
+        self.drop_path_prob = drop_path_prob
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        self.stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+                                   nn.BatchNorm2d(C))
+        C_prev_prev, C_prev, C_curr = C, C, C
+        self.cells = nn.ModuleList()
+        reduction_prev = True
+        C_aux = None
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell = EvalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            reduction_prev = reduction
+            self.cells.append(cell)
+            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+            if i == 2 * layers // 3:
+                C_aux = C_prev
+        if auxiliary:
+            self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x):
+        logits_aux = None
+        s0 = self.stem0(x)
+        s1 = self.stem1(s0)
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == 2 * self._layers // 3 and self._auxiliary and self.training:
