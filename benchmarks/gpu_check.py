@@ -569,8 +569,8 @@ IMAGENET_VARIANTS = ((False, "off"), (True, "off"), (False, "bf16"), (True, "bf1
 
 def imagenet_config(dry: bool, *, recompute: bool, amp: str, channels_last: bool = False, batch: int | None = None):
     """The ``pcdarts-imagenet`` recipe with random images (digits at the recipe's 224 px stand in for
-    ImageNet: only the shapes matter; 10 classes instead of 1000 change the classifier's 0.3 MB). The
-    dry run: C=4, 2 cells, 64 px, batch 8."""
+    ImageNet: only the shapes matter; 1000 classes instead of 10 would add about 3 MB of classifier
+    weights, gradients and momentum). The dry run: C=4, 2 cells, 64 px, batch 8."""
     from fastdarts.config import SearchConfig, load_config, recipe_path
 
     over = ["data=digits", "device=cpu" if dry else "device=cuda", f"recompute={str(recompute).lower()}",

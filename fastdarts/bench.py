@@ -23,6 +23,7 @@ from every JSON file in ``benchmarks/results`` that holds kernel or search recor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import json
@@ -31,6 +32,7 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -172,10 +174,26 @@ def _bench_partial_channel(device, copy_bw, quick):
 
 
 # ------------------------------------------------------------------------------------- search
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 to /dev/null for the block: Kineto in PyPI's CUDA builds of torch writes
+    "USDT: profiler_start/stop" lines (and, with no GPU, "gpuGetDeviceCount failed") from C++ on
+    every profiler start and stop. Exceptions still propagate, and are printed after the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def forward_net_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     """Net bytes the forward leaves allocated on CPU (saved activations + output): the sum of
     ``self_cpu_memory_usage`` over the profiler's events."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = model(x)
     del out
     return int(sum(e.self_cpu_memory_usage for e in prof.events()))
