@@ -563,7 +563,7 @@ def stage_max_batch(args) -> int:
     return 0 if all(r.get("predicted_batch") for r in records) else 1
 
 
-# ------------------------------------------------------------------------------------- 7b imagenet
+# ------------------------------------------------------------------------------------- 6a imagenet
 IMAGENET_VARIANTS = ((False, "off"), (True, "off"), (False, "bf16"), (True, "bf16"))  # (recompute, amp)
 
 
@@ -582,7 +582,7 @@ def imagenet_config(dry: bool, *, recompute: bool, amp: str, channels_last: bool
 
 def imagenet_step_record(dry: bool, channels_last: bool, reps: int) -> dict:
     """Time one PC-DARTS ImageNet search iteration (architecture + weight step) at the recipe's batch
-    1024 with recompute and bf16: images/s, peak bytes, host syncs."""
+    1024 with recompute and bf16: time, images/s, peak bytes (CUDA)."""
     from fastdarts.plan import build_planned, planned_batch
 
     cfg = imagenet_config(dry, recompute=True, amp="bf16", channels_last=channels_last)

@@ -72,8 +72,7 @@ def check_train_settings(cfg: TrainConfig) -> None:
     """Refuse a schedule or network this version cannot run (before any work starts).
 
     Raises:
-        ValueError: for an unknown ``lr_schedule`` or ``stem``, a ``lr_gamma`` outside (0, 1], or
-            an unknown ``stem``.
+        ValueError: for an unknown ``lr_schedule`` or ``stem``, or a ``lr_gamma`` outside (0, 1].
     """
     check_choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     check_choice("stem", cfg.stem, STEMS)
