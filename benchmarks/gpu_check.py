@@ -619,9 +619,11 @@ def stage_imagenet(args) -> int:
     for recompute, amp in IMAGENET_VARIANTS:
         variant = "+".join([*(["recompute"] if recompute else []), *([amp] if amp != "off" else [])]) or "plain"
         try:
-            p = plan(imagenet_config(args.dry_run, recompute=recompute, amp=amp, batch=1024))
+            cfg = imagenet_config(args.dry_run, recompute=recompute, amp=amp, batch=1024)
+            p = plan(cfg)
             records.append(dict(name="imagenet_plan/pcdarts/darts", method="pcdarts", space="darts", backend=variant,
-                                how=p.how, fixed_bytes=p.fixed, bytes_per_sample=p.per_sample, memory=p.memory,
+                                C=cfg.C, layers=cfg.layers, image_size=cfg.data.image_size, how=p.how,
+                                fixed_bytes=p.fixed, bytes_per_sample=p.per_sample, memory=p.memory,
                                 largest_batch=p.largest_batch, batch=p.batch, fits=p.fits, table=p.table()))
         except Exception as err:
             records.append(dict(name="imagenet_plan/pcdarts/darts", backend=variant,
@@ -717,13 +719,13 @@ def gpu_check_markdown(result: dict) -> str:
                   f"{r['max_batch_budget_bytes'] / 2**30:.1f} GiB |" for r in batches]
     imagenet = [r for r in result["records"] if r.get("name", "").startswith("imagenet_") and "skipped" not in r]
     if imagenet:
-        lines += ["", "| pcdarts-imagenet (224 px, C=16, 8 cells) | variant | MiB / sample | largest batch | "
-                  "batch 1024 | ms / step | images/s |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {'plan' if 'largest_batch' in r else 'step at batch %d' % r['batch']} | {r['backend']} | "
+        lines += ["", "| pcdarts-imagenet | C/cells/px | variant | MiB / sample | largest batch | batch 1024 | "
+                  "ms / step | images/s |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| plan | {r['C']}/{r['layers']}/{r['image_size']} | {r['backend']} | "
                   f"{r['bytes_per_sample'] / 2**20:.2f} | {r['largest_batch']:,} | "
                   f"{'fits' if r['fits'] else 'does not fit'} | – | – |" if "largest_batch" in r else
-                  f"| step at batch {r['batch']} | {r['backend']} | – | – | "
-                  f"{'–' if r['peak_bytes'] is None else '%.1f GiB peak' % (r['peak_bytes'] / 2**30)} | "
+                  f"| step at batch {r['batch']} | {r['C']}/{r['layers']}/{r['image_size']} | {r['backend']} | – | "
+                  f"– | {'–' if r['peak_bytes'] is None else '%.1f GiB peak' % (r['peak_bytes'] / 2**30)} | "
                   f"{r['step_ms']:.0f} | {r['images_per_s']:.0f} |" for r in imagenet]
         tables = [r for r in imagenet if r.get("table") and r["backend"] == "recompute+bf16"]
         if tables:

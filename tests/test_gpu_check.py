@@ -79,7 +79,7 @@ def test_imagenet_stage_plans_four_variants_and_times_both_layouts(gc, tmp_path)
     assert [r["backend"] for r in steps] == ["recompute+bf16", "recompute+bf16+channels_last"]
     assert all(r["step_ms"] > 0 and r["images_per_s"] > 0 for r in steps)
     text = gc.gpu_check_markdown(dict(records=records, gpu_check=dict(stages=[], targets=[], owed=[])))
-    assert "| plan | recompute+bf16 |" in text and "fastdarts plan pcdarts-imagenet" in text
+    assert "| plan | 4/2/64 | recompute+bf16 |" in text and "fastdarts plan pcdarts-imagenet" in text
 
 
 def test_report_merges_the_stages(gc, tmp_path):
