@@ -5,7 +5,7 @@ This module does NOT import fastdarts. It re-states, as closely as possible,
 
 * quark0/darts ``cnn/operations.py`` (OPS, ReLUConvBN, DilConv, SepConv, Identity, Zero,
   FactorizedReduce),
-* quark0/darts ``cnn/genotypes.py`` (Genotype, PRIMITIVES),
+* quark0/darts ``cnn/genotypes.py`` (Genotype, PRIMITIVES, DARTS_V2),
 * quark0/darts ``cnn/model_search.py`` (MixedOp, Cell, Network),
 * yuhuixu1993/PC-DARTS ``model_search.py`` (channel_shuffle, MixedOp, Cell, Network; its
   ``operations.py`` and ``genotypes.py`` are the same as quark0's).
@@ -39,6 +39,8 @@ PRIMITIVES = [
     "dil_conv_3x3",
     "dil_conv_5x5",
 ]
+
+DARTS_V2 = Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])  # noqa: E501
 
 # ----------------------------------------------------------------------------------------------
 # cnn/operations.py

@@ -15,19 +15,14 @@ from fastdarts.data import DataConfig, build_train_data
 from fastdarts.genotype import Genotype, save_genotype
 from fastdarts.spaces import build_network
 
-DARTS_V2 = dict(  # quark0/darts cnn/genotypes.py DARTS_V2
-    normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
-            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
-    reduce_concat=[2, 3, 4, 5])
+# quark0/darts cnn/genotypes.py DARTS_V2, as fastdarts' Genotype
+DARTS_V2 = Genotype(**ref.DARTS_V2._asdict())
 
 
 def _pair(C=8, layers=5, classes=7, auxiliary=True):
     torch.manual_seed(0)
-    ours = build_network(Genotype(**DARTS_V2), C, classes, layers, auxiliary=auxiliary, stem="imagenet").double()
-    theirs = ref_eval.NetworkImageNet(C, classes, layers, auxiliary, ref.Genotype(**DARTS_V2)).double()
+    ours = build_network(DARTS_V2, C, classes, layers, auxiliary=auxiliary, stem="imagenet").double()
+    theirs = ref_eval.NetworkImageNet(C, classes, layers, auxiliary, ref.DARTS_V2).double()
     theirs.load_state_dict(ours.state_dict(), strict=True)  # same module names and shapes
     return ours, theirs
 
@@ -93,7 +88,7 @@ def test_color_jitter_is_for_folders_and_checked():
 def test_darts_imagenet_train_runs_end_to_end_with_top5(tmp_path, capsys):
     root = write_jpeg_folder(str(tmp_path / "jpegs"), 6, 6, 80)
     genotype = str(tmp_path / "g.json")
-    save_genotype(Genotype(**DARTS_V2), genotype)
+    save_genotype(DARTS_V2, genotype)
     run = tmp_path / "run"
     assert main(["train", genotype, "darts-imagenet-train", f"data={root}", "C=8", "layers=5", "epochs=2",
                  "data.batch_size=8", "data.image_size=64", "data.num_workers=2", f"run_dir={run}"]) == 0

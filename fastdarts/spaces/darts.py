@@ -247,45 +247,60 @@ class AuxiliaryHead(nn.Module):
         return self.classifier(x.view(x.size(0), -1))
 
 
-class NetworkCIFAR(nn.Module):
-    """The discrete DARTS network (``forward`` returns ``(logits, aux_logits or None)``)."""
+class _EvalNetwork(nn.Module):
+    """The cell stack quark0's ``NetworkCIFAR`` and ``NetworkImageNet`` share: ``layers`` cells, the
+    ones at ``layers // 3`` and ``2 * layers // 3`` reducing (and doubling C), the auxiliary head after
+    the second, global pooling and the classifier. Subclasses build their stem, then call
+    :meth:`_build_cells`, and run :meth:`_run_cells` on the stem's two outputs."""
 
-    def __init__(self, C: int, num_classes: int, layers: int, auxiliary: bool, genotype: Genotype,
-                 in_channels: int = 3, drop_path_prob: float = 0.0):
+    def __init__(self, layers: int, auxiliary: bool, drop_path_prob: float):
         super().__init__()
         self._layers = layers
         self._auxiliary = auxiliary
         self.drop_path_prob = drop_path_prob
-        C_curr = 3 * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+
+    def _build_cells(self, genotype: Genotype, C_prev_prev: int, C_prev: int, C_curr: int, reduction_prev: bool,
+                     num_classes: int, head_cls) -> None:
         self.cells = nn.ModuleList()
-        reduction_prev = False
         C_aux = None
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
+        for i in range(self._layers):
+            reduction = i in (self._layers // 3, 2 * self._layers // 3)
             if reduction:
                 C_curr *= 2
             cell = EvalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == 2 * layers // 3:
+            if i == 2 * self._layers // 3:
                 C_aux = C_prev
-        if auxiliary:
-            self.auxiliary_head = AuxiliaryHead(C_aux, num_classes)
+        if self._auxiliary:
+            self.auxiliary_head = head_cls(C_aux, num_classes)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
 
-    def forward(self, x):
+    def _run_cells(self, s0: torch.Tensor, s1: torch.Tensor):
         logits_aux = None
-        s0 = s1 = self.stem(x)
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == 2 * self._layers // 3 and self._auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
         out = self.global_pooling(s1)
         return self.classifier(out.view(out.size(0), -1)), logits_aux
+
+
+class NetworkCIFAR(_EvalNetwork):
+    """The discrete DARTS network (``forward`` returns ``(logits, aux_logits or None)``)."""
+
+    def __init__(self, C: int, num_classes: int, layers: int, auxiliary: bool, genotype: Genotype,
+                 in_channels: int = 3, drop_path_prob: float = 0.0):
+        super().__init__(layers, auxiliary, drop_path_prob)
+        C_stem = 3 * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
+        self._build_cells(genotype, C_stem, C_stem, C, False, num_classes, AuxiliaryHead)
+
+    def forward(self, x):
+        s = self.stem(x)
+        return self._run_cells(s, s)
 
 
 class AuxiliaryHeadImageNet(nn.Module):
@@ -317,7 +332,7 @@ class AuxiliaryHeadImageNet(nn.Module):
         return self.classifier(x.view(x.size(0), -1))
 
 
-class NetworkImageNet(nn.Module):
+class NetworkImageNet(_EvalNetwork):
     """quark0's discrete ImageNet network (``forward`` returns ``(logits, aux_logits or None)``).
 
     ``stem0`` = Conv3×3 s2 (3 → C/2), BN, ReLU, Conv3×3 s2 (→ C), BN; ``stem1`` = ReLU, Conv3×3 s2, BN:
@@ -328,10 +343,7 @@ class NetworkImageNet(nn.Module):
 
     def __init__(self, C: int, num_classes: int, layers: int, auxiliary: bool, genotype: Genotype,
                  in_channels: int = 3, drop_path_prob: float = 0.0):
-        super().__init__()
-        self._layers = layers
-        self._auxiliary = auxiliary
-        self.drop_path_prob = drop_path_prob
+        super().__init__(layers, auxiliary, drop_path_prob)
         self.stem0 = nn.Sequential(
             nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm2d(C // 2),
@@ -341,32 +353,8 @@ class NetworkImageNet(nn.Module):
         )
         self.stem1 = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
                                    nn.BatchNorm2d(C))
-        C_prev_prev, C_prev, C_curr = C, C, C
-        self.cells = nn.ModuleList()
-        reduction_prev = True
-        C_aux = None
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
-            cell = EvalCell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
-            reduction_prev = reduction
-            self.cells.append(cell)
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == 2 * layers // 3:
-                C_aux = C_prev
-        if auxiliary:
-            self.auxiliary_head = AuxiliaryHeadImageNet(C_aux, num_classes)
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_prev, num_classes)
+        self._build_cells(genotype, C, C, C, True, num_classes, AuxiliaryHeadImageNet)
 
     def forward(self, x):
-        logits_aux = None
         s0 = self.stem0(x)
-        s1 = self.stem1(s0)
-        for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
-            if i == 2 * self._layers // 3 and self._auxiliary and self.training:
-                logits_aux = self.auxiliary_head(s1)
-        out = self.global_pooling(s1)
-        return self.classifier(out.view(out.size(0), -1)), logits_aux
+        return self._run_cells(s0, self.stem1(s0))
