@@ -84,8 +84,9 @@ class SearchConfig:
     checkpoint_every: int | None = None
     # torchrun runs (CUDA): BatchNorm statistics over all ranks' samples (SyncBatchNorm) instead of per rank.
     sync_bn: bool = False
-    # Supernet weights and image batches in the channels_last memory format (NHWC): faster convolutions
-    # on tensor-core GPUs under amp; the same numbers up to the convolution algorithms' summation order.
+    # Supernet weights and image batches in the channels_last memory format (NHWC), CUDA runs only: faster
+    # convolutions on tensor cores under amp; the same numbers up to the convolution algorithms' summation
+    # order (fastdarts.validate.check_channels_last says why CPU runs refuse it).
     channels_last: bool = False
 
 

@@ -333,6 +333,7 @@ def validate_search_config(cfg: Any) -> torch.device:
     device = resolve_device(cfg.device)
     check_backend(cfg.backend, device)
     check_amp(getattr(cfg, "amp", "off"), device)
+    check_channels_last(getattr(cfg, "channels_last", False), device)
     if getattr(cfg, "sync_bn", False) and device.type != "cuda":
         raise ValueError(f"sync_bn=true needs CUDA GPUs (SyncBatchNorm does not run on {device.type} or with the "
                          "gloo backend); set sync_bn=false")
@@ -353,6 +354,16 @@ def check_world_size(batch_size: int, world: int) -> None:
 AMP_MODES = ("off", "bf16", "fp16")
 
 
+def check_channels_last(channels_last: bool, device: torch.device) -> None:
+    """Refuse ``channels_last=true`` off CUDA: NHWC is the layout of tensor-core convolutions, and on
+    CPU PyTorch 2.13-2.14's float32 weight gradient of a stride-2 1x1 convolution (every
+    FactorizedReduce) in channels_last corrupts the heap with 2+ threads at odd batch sizes (seen as
+    "double free or corruption" aborts), which would kill a run."""
+    if channels_last and device.type != "cuda":
+        raise ValueError(f"channels_last=true needs a CUDA device (on {device.type} PyTorch's channels_last "
+                         "convolution backward can corrupt memory); set channels_last=false")
+
+
 def check_amp(amp: Any, device: torch.device) -> None:
     """Refuse an unknown ``amp`` mode, and ``fp16`` off CUDA (CPU autocast has no fp16 kernels to speak of)."""
     check_choice("amp", amp, AMP_MODES)
@@ -371,7 +382,9 @@ def validate_train_config(cfg: Any) -> torch.device:
     if not cfg.genotype:
         raise ValueError("genotype= is empty: give the genotype JSON written by fastdarts search")
     check_values(cfg)
-    return resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
+    check_channels_last(cfg.channels_last, device)
+    return device
 
 
 # ---------------------------------------------------------------------------------------------- run directories

@@ -65,7 +65,7 @@ def test_search_step_and_largest_batch(gc):
     assert mb["fixed_bytes"] + mb["bytes_per_sample"] * (mb["max_batch"] + 1) > budget * 0.999
 
 
-def test_imagenet_stage_plans_four_variants_and_times_both_layouts(gc, tmp_path):
+def test_imagenet_stage_plans_four_variants_and_times_the_step(gc, tmp_path):
     args = type("Args", (), dict(state=str(tmp_path), dry_run=True))()
     assert gc.stage_imagenet(args) == 0
     records = json.loads((tmp_path / "imagenet.json").read_text())["records"]
@@ -76,7 +76,7 @@ def test_imagenet_stage_plans_four_variants_and_times_both_layouts(gc, tmp_path)
     # recompute keeps a cell's inputs instead of its activations: fewer bytes per sample
     assert plans[1]["bytes_per_sample"] < plans[0]["bytes_per_sample"]
     steps = [r for r in records if r["name"] == "imagenet_step/pcdarts/darts"]
-    assert [r["backend"] for r in steps] == ["recompute+bf16", "recompute+bf16+channels_last"]
+    assert [r["backend"] for r in steps] == ["recompute+bf16"]  # channels_last: CUDA only
     assert all(r["step_ms"] > 0 and r["images_per_s"] > 0 for r in steps)
     text = gc.gpu_check_markdown(dict(records=records, gpu_check=dict(stages=[], targets=[], owed=[])))
     assert "| plan | 4/2/64 | recompute+bf16 |" in text and "fastdarts plan pcdarts-imagenet" in text

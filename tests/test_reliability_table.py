@@ -302,6 +302,8 @@ CASES = [
          cpu_only=True),
     Case("`fastdarts search amp=fp16` on a machine without CUDA", search("amp=fp16"), cpu_only=True),
     Case("`fastdarts search checkpoint_every=0`", search("checkpoint_every=0")),
+    Case("`fastdarts search channels_last=true` on a machine without CUDA", search("channels_last=true"),
+         cpu_only=True),
     Case("`fastdarts search stem=imagenet data.image_size=32` (the ImageNet stem needs 64 px or more)",
          search("stem=imagenet", "data.image_size=32")),
     Case("`fastdarts search data=./imgs run_dir=run` where `run/subsets.json` lists an image `imgs/` lacks",
