@@ -222,18 +222,22 @@ class EvalCell(nn.Module):
 
 
 class AuxiliaryHead(nn.Module):
-    """quark0's CIFAR auxiliary head (for 8×8 inputs); smaller maps are pooled adaptively to 2×2."""
+    """quark0's CIFAR auxiliary head (for 8×8 inputs); smaller maps are pooled adaptively to 2×2.
 
-    def __init__(self, C: int, num_classes: int):
+    ``pool_stride`` and ``last_bn`` (the BatchNorm after the 768-channel convolution) are the two
+    places where quark0's ImageNet head differs (:class:`AuxiliaryHeadImageNet`).
+    """
+
+    def __init__(self, C: int, num_classes: int, pool_stride: int = 3, last_bn: bool = True):
         super().__init__()
         self.features = nn.Sequential(
             nn.ReLU(inplace=True),
-            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
+            nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False),
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
-            nn.BatchNorm2d(768),
+            *([nn.BatchNorm2d(768)] if last_bn else []),
             nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(768, num_classes)
@@ -303,33 +307,17 @@ class NetworkCIFAR(_EvalNetwork):
         return self._run_cells(s, s)
 
 
-class AuxiliaryHeadImageNet(nn.Module):
+class AuxiliaryHeadImageNet(AuxiliaryHead):
     """quark0's ImageNet auxiliary head (``model.py`` ``AuxiliaryHeadImageNet``), for the 7×7 maps after
-    the second reduction at 224 px; like the CIFAR head, maps under 5 px are pooled adaptively to 2×2.
+    the second reduction at 224 px: average pooling with stride 2; like the CIFAR head, maps under
+    5 px are pooled adaptively to 2×2.
 
     ⚠ quark0 left out the BatchNorm after the 768-channel convolution ("omitted in my earlier
     implementation due to a typo", kept out for the paper's experiments); so does this head.
     """
 
     def __init__(self, C: int, num_classes: int):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.ReLU(inplace=True),
-            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),
-            nn.Conv2d(C, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(128, 768, 2, bias=False),
-            nn.ReLU(inplace=True),
-        )
-        self.classifier = nn.Linear(768, num_classes)
-
-    def forward(self, x):
-        if x.shape[-1] < 5:
-            x = self.features[2:](F.adaptive_avg_pool2d(F.relu(x), 2))
-        else:
-            x = self.features(x)
-        return self.classifier(x.view(x.size(0), -1))
+        super().__init__(C, num_classes, pool_stride=2, last_bn=False)
 
 
 class NetworkImageNet(_EvalNetwork):
